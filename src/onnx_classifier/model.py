@@ -1,0 +1,332 @@
+"""What an ONNX classifier file is, read from its graph without running it.
+
+This is what validation checks and what the classifier is built from: the one
+image input (layout, dtype, fixed size), the class-score output, whether the
+graph already ends in an activation, how a quantized output is dequantized, and
+the model's own description of its labels and preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .config import (
+    DESCRIPTION_KEYS,
+    ChannelOrder,
+    ClassifierConfig,
+    ConfigError,
+    Head,
+    Interpolation,
+    ModelDescription,
+    Preprocessing,
+    Resize,
+    parse_model_description,
+)
+
+
+class Layout(str, Enum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+SUPPORTED_INPUT_TYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint8))
+FLOAT_OUTPUT_TYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
+QUANTIZED_OUTPUT_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
+
+# Ops that only reshape or retype scores: the producer of interest lies behind them.
+_PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+_ACTIVATIONS = {"Softmax": Head.SOFTMAX, "Sigmoid": Head.SIGMOID, "QLinearSoftmax": Head.SOFTMAX, "QLinearSigmoid": Head.SIGMOID}
+# For each op that writes a quantized tensor: the input positions of its output scale and zero point.
+_QUANTIZED_OUTPUT_PARAMS = {
+    "QuantizeLinear": (1, 2),
+    "QLinearMatMul": (6, 7),
+    "QLinearConv": (6, 7),
+    "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7),
+    "QGemm": (7, 8),
+    "QLinearSoftmax": (3, 4),
+    "QLinearSigmoid": (3, 4),
+    "QLinearGlobalAveragePool": (3, 4),
+}
+
+DEFAULT_PREPROCESSING = Preprocessing(
+    resize=Resize.STRETCH,
+    crop_fraction=0.875,
+    mean=(0.0,),
+    std=(1.0,),
+    channel_order=ChannelOrder.RGB,
+    interpolation=Interpolation.BILINEAR,
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the graph itself says."""
+
+    input_name: str
+    layout: Layout
+    channels: int
+    input_dtype: np.dtype
+    input_size: Optional[tuple[int, int]]  # fixed (height, width), or None when dynamic
+    output_name: str
+    num_classes: Optional[int]  # None when the class dimension is dynamic
+    final_activation: Optional[Head]  # SOFTMAX or SIGMOID when the graph already applies one
+    output_quantization: Optional[tuple[float, int]]  # (scale, zero point) of a uint8/int8 output
+    description: ModelDescription  # sidecar JSON over ONNX metadata
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model with everything about it decided: what validation approves and the classifier runs."""
+
+    path: Path
+    spec: ModelSpec
+    labels: Optional[tuple[str, ...]]  # None: class indices serve as labels
+    preprocessing: Preprocessing  # every field set
+    head: Head
+    exact_preprocessing: bool
+    num_threads: Optional[int]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        assert self.preprocessing.input_size is not None
+        return self.preprocessing.input_size
+
+
+def resolve_model(config: ClassifierConfig) -> ResolvedModel:
+    """Combine attribute > model description > default, checking that they fit the graph."""
+    spec = inspect_model(config.model_path, config.output_name)
+    description = spec.description
+    pre = config.preprocessing.over(description.preprocessing).over(DEFAULT_PREPROCESSING)
+
+    if spec.input_size is None and pre.input_size is None:
+        raise ConfigError(
+            f"attribute 'input_size' is required: the model's input {spec.input_name!r} has dynamic height/width"
+        )
+    if spec.input_size is not None and pre.input_size not in (None, spec.input_size):
+        source = "attribute" if config.preprocessing.input_size else "model description"
+        raise ConfigError(
+            f"{source} 'input_size' {list(pre.input_size)} does not match the model's fixed input size {list(spec.input_size)}"
+        )
+    input_size = pre.input_size or spec.input_size
+    for key in ("mean", "std"):
+        values = getattr(pre, key)
+        if len(values) not in (1, spec.channels):
+            raise ConfigError(f"'{key}' has {len(values)} values but the model takes {spec.channels} channel(s)")
+    pre = dataclasses.replace(pre, input_size=input_size)
+
+    if config.labels_path is not None:
+        labels: Optional[tuple[str, ...]] = read_labels(config.labels_path)
+        labels_source = f"attribute 'labels_path' ({config.labels_path})"
+    elif description.labels_path is not None:
+        labels = read_labels(description.labels_path)
+        labels_source = f"the model description's labels_path ({description.labels_path})"
+    else:
+        labels = description.labels
+        labels_source = "the model description's labels"
+    if labels is not None and spec.num_classes is not None and len(labels) != spec.num_classes:
+        raise ConfigError(
+            f"{labels_source} has {len(labels)} labels but output {spec.output_name!r} has {spec.num_classes} classes"
+        )
+
+    return ResolvedModel(
+        path=config.model_path,
+        spec=spec,
+        labels=labels,
+        preprocessing=pre,
+        head=config.head or description.head or Head.AUTO,
+        exact_preprocessing=config.exact_preprocessing,
+        num_threads=config.num_threads,
+    )
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """One label per line; trailing blank lines are ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"labels file {str(path)!r} cannot be read: {e}") from e
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ConfigError(f"labels file {str(path)!r} is empty")
+    return tuple(line.strip() for line in lines)
+
+
+def inspect_model(path: Path, output_name: Optional[str]) -> ModelSpec:
+    stat = path.stat()
+    return _inspect_cached(path, stat.st_mtime_ns, stat.st_size, output_name)
+
+
+@functools.lru_cache(maxsize=8)
+def _inspect_cached(path: Path, _mtime_ns: int, _size: int, output_name: Optional[str]) -> ModelSpec:
+    where = f"model_path {str(path)!r}"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, OSError or its own errors for a bad file
+        raise ConfigError(f"{where} is not a readable ONNX model: {e}") from e
+    graph = model.graph
+    constants = _constant_values(graph)
+
+    inputs = [i for i in graph.input if i.name not in constants]
+    if len(inputs) != 1:
+        names = ", ".join(repr(i.name) for i in inputs)
+        raise ConfigError(f"{where} has {len(inputs)} inputs ({names}); an image classifier takes exactly one")
+    layout, channels, input_dtype, input_size = _image_input(inputs[0], where)
+
+    output = _class_output(graph, output_name, where)
+    out_dims = _dims(output)
+    output_dtype = _dtype(output)
+    if output_dtype in QUANTIZED_OUTPUT_TYPES:
+        quantization = _output_quantization(graph, constants, output.name)
+        if quantization is None:
+            raise ConfigError(
+                f"{where}: output {output.name!r} is {output_dtype} but no QuantizeLinear or QLinear op in the graph "
+                "gives its scale and zero point"
+            )
+    elif output_dtype in FLOAT_OUTPUT_TYPES:
+        quantization = None
+    else:
+        raise ConfigError(f"{where}: output {output.name!r} has type {output_dtype}; expected float or uint8/int8 scores")
+
+    return ModelSpec(
+        input_name=inputs[0].name,
+        layout=layout,
+        channels=channels,
+        input_dtype=input_dtype,
+        input_size=input_size,
+        output_name=output.name,
+        num_classes=out_dims[-1],
+        final_activation=_final_activation(graph, output.name),
+        output_quantization=quantization,
+        description=_description(path, model),
+    )
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[Optional[int]]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape.dim]
+
+
+def _dtype(value_info: onnx.ValueInfoProto) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
+
+
+def _image_input(value_info, where):
+    dims = _dims(value_info)
+    name = value_info.name
+    if len(dims) != 4:
+        raise ConfigError(f"{where}: input {name!r} has shape {dims}; expected an image batch [N, C, H, W] or [N, H, W, C]")
+    if dims[0] not in (None, 1):
+        raise ConfigError(f"{where}: input {name!r} has a fixed batch size of {dims[0]}; expected 1 or dynamic")
+    if dims[1] in (1, 3):
+        layout, channels, size = Layout.NCHW, dims[1], (dims[2], dims[3])
+    elif dims[3] in (1, 3):
+        layout, channels, size = Layout.NHWC, dims[3], (dims[1], dims[2])
+    else:
+        raise ConfigError(f"{where}: input {name!r} has shape {dims}; expected 1 or 3 channels in position 1 (NCHW) or 3 (NHWC)")
+    dtype = _dtype(value_info)
+    if dtype not in SUPPORTED_INPUT_TYPES:
+        raise ConfigError(f"{where}: input {name!r} has type {dtype}; supported are float32, float16 and uint8")
+    fixed = None if None in size else (int(size[0]), int(size[1]))
+    return layout, channels, dtype, fixed
+
+
+def _class_output(graph, output_name, where):
+    outputs = {o.name: o for o in graph.output}
+    if output_name is not None:
+        if output_name not in outputs:
+            raise ConfigError(
+                f"attribute 'output_name' {output_name!r} is not an output of {where}; outputs are: {', '.join(outputs)}"
+            )
+        output = outputs[output_name]
+    elif len(outputs) == 1:
+        output = graph.output[0]
+    else:
+        raise ConfigError(
+            f"{where} has {len(outputs)} outputs ({', '.join(outputs)}); set attribute 'output_name' to the class scores"
+        )
+    dims = _dims(output)
+    if not (len(dims) == 1 or (len(dims) == 2 and dims[0] in (None, 1))):
+        raise ConfigError(f"{where}: output {output.name!r} has shape {dims}; expected class scores [N, C] or [C]")
+    return output
+
+
+def _constant_values(graph) -> dict[str, Optional[np.ndarray]]:
+    """Initializers and Constant outputs; only scalars and vectors are materialized (weights are not needed here)."""
+    values: dict[str, Optional[np.ndarray]] = {
+        t.name: numpy_helper.to_array(t) if len(t.dims) <= 1 else None for t in graph.initializer
+    }
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _producers(graph) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output}
+
+
+def _walk_back(graph, name: str, through: set[str]):
+    """The node that writes `name`, skipping ops in `through` (following their first input)."""
+    producers = _producers(graph)
+    node = producers.get(name)
+    while node is not None and node.op_type in through:
+        node = producers.get(node.input[0])
+    return node
+
+
+def _final_activation(graph, output: str) -> Optional[Head]:
+    node = _walk_back(graph, output, _PASS_THROUGH | {"QuantizeLinear", "DequantizeLinear"})
+    return _ACTIVATIONS.get(node.op_type) if node is not None else None
+
+
+def _output_quantization(graph, constants, output: str) -> Optional[tuple[float, int]]:
+    node = _walk_back(graph, output, _PASS_THROUGH - {"Cast"})
+    if node is None or node.op_type not in _QUANTIZED_OUTPUT_PARAMS:
+        return None
+    scale_at, zero_at = _QUANTIZED_OUTPUT_PARAMS[node.op_type]
+    scale = constants.get(node.input[scale_at]) if len(node.input) > scale_at else None
+    zero = constants.get(node.input[zero_at]) if len(node.input) > zero_at and node.input[zero_at] else np.zeros(())
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1:
+        return None  # per-channel or computed parameters: not a plain quantized score vector
+    return float(scale.reshape(())), int(zero.reshape(()))
+
+
+def _description(path: Path, model: onnx.ModelProto) -> ModelDescription:
+    """The sidecar `<model>.json` beside the file, over the model's ONNX metadata."""
+    metadata = {}
+    for prop in model.metadata_props:
+        if prop.key in DESCRIPTION_KEYS and prop.key != "labels_path":
+            try:
+                metadata[prop.key] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                metadata[prop.key] = prop.value
+    description = parse_model_description(metadata, f"ONNX metadata of {str(path)!r}", path.parent)
+    sidecar_path = path.with_suffix(".json")
+    if not sidecar_path.is_file():
+        return description
+    try:
+        values = json.loads(sidecar_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"model sidecar {str(sidecar_path)!r} is not valid JSON: {e}") from e
+    sidecar = parse_model_description(values, f"model sidecar {str(sidecar_path)!r}", sidecar_path.parent)
+    has_own_labels = sidecar.labels is not None or sidecar.labels_path is not None
+    return ModelDescription(
+        preprocessing=sidecar.preprocessing.over(description.preprocessing),
+        head=sidecar.head or description.head,
+        labels=sidecar.labels if has_own_labels else description.labels,
+        labels_path=sidecar.labels_path,
+    )

@@ -1,0 +1,138 @@
+"""Image bytes to the model's input tensor.
+
+Two paths give the same geometry:
+
+- fast (default): a JPEG is decoded at a reduced scale by libjpeg's DCT scaling
+  (Pillow's `draft`), never below `DRAFT_OVERSAMPLE` times the pixels the model
+  needs, and the region the model sees is cut and resized in one antialiased
+  pass (`resize(box=...)`), so no full-resolution frame is ever built;
+- exact (`exact_preprocessing`): the textbook recipe at full resolution (decode
+  everything, resize, then crop), the reference the fast path is tested against.
+
+Both end in one fused multiply-add per channel that applies 1/255, mean and std.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .config import ChannelOrder, Interpolation, Resize
+from .decode import load, open_image
+from .model import Layout, ResolvedModel
+
+# Drafting straight to the model's size loses detail that the antialiased resize
+# keeps; decoding at no less than twice the size keeps results within the
+# tolerances that tests/test_fast_path.py checks against the exact path.
+DRAFT_OVERSAMPLE = 2.0
+
+_RESAMPLE = {
+    Interpolation.BILINEAR: Image.Resampling.BILINEAR,
+    Interpolation.BICUBIC: Image.Resampling.BICUBIC,
+    Interpolation.NEAREST: Image.Resampling.NEAREST,
+}
+# Modes Pillow resizes directly; anything else (palette, CMYK, 16-bit) is converted first.
+_RESIZABLE_MODES = {"RGB", "RGBA", "RGBX", "L", "LA"}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model's input comes from in the source image, and where it goes in the input."""
+
+    box: tuple[float, float, float, float]  # source region (left, top, right, bottom)
+    size: tuple[int, int]  # (width, height) the region is resized to
+    offset: tuple[int, int]  # (x, y) of the resized region in the input (letterbox padding)
+    scale: float  # resized pixels per source pixel
+
+
+class Preprocessor:
+    def __init__(self, model: ResolvedModel):
+        pre = model.preprocessing
+        spec = model.spec
+        self.input_size = model.input_size  # (height, width)
+        self.resize = pre.resize
+        self.crop_fraction = pre.crop_fraction
+        self.resample = _RESAMPLE[pre.interpolation]
+        self.mode = "L" if spec.channels == 1 else "RGB"
+        self.bgr = pre.channel_order is ChannelOrder.BGR and spec.channels == 3
+        self.nchw = spec.layout is Layout.NCHW
+        self.dtype = spec.input_dtype
+        self.exact = model.exact_preprocessing
+        # x = (pixel / 255 - mean) / std as one multiply-add; uint8 inputs take raw pixels.
+        mean = np.broadcast_to(np.asarray(pre.mean, np.float32), (spec.channels,))
+        std = np.broadcast_to(np.asarray(pre.std, np.float32), (spec.channels,))
+        channel_shape = (spec.channels, 1, 1) if self.nchw else (spec.channels,)
+        self.multiplier = (1.0 / (255.0 * std)).reshape(channel_shape)
+        self.addend = (-mean / std).reshape(channel_shape)
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        image = open_image(data)
+        pixels = self.exact_pixels(image) if self.exact else self.fast_pixels(image)
+        return self.to_tensor(pixels)
+
+    def placement(self, width: int, height: int) -> Placement:
+        out_h, out_w = self.input_size
+        if self.resize is Resize.STRETCH:
+            return Placement((0.0, 0.0, float(width), float(height)), (out_w, out_h), (0, 0), max(out_w / width, out_h / height))
+        if self.resize is Resize.LETTERBOX:
+            scale = min(out_w / width, out_h / height)
+            size = (max(1, min(out_w, round(width * scale))), max(1, min(out_h, round(height * scale))))
+            offset = ((out_w - size[0]) // 2, (out_h - size[1]) // 2)
+            return Placement((0.0, 0.0, float(width), float(height)), size, offset, scale)
+        # center_crop, as timm: scale to cover (size / crop_fraction), then take the centre.
+        scale = max(math.floor(out_w / self.crop_fraction) / width, math.floor(out_h / self.crop_fraction) / height)
+        box_w, box_h = min(width, out_w / scale), min(height, out_h / scale)
+        left, top = (width - box_w) / 2, (height - box_h) / 2
+        return Placement((left, top, left + box_w, top + box_h), (out_w, out_h), (0, 0), scale)
+
+    def fast_pixels(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        place = self.placement(width, height)
+        if image.format == "JPEG" and place.scale * DRAFT_OVERSAMPLE < 1:
+            wanted = (math.ceil(width * place.scale * DRAFT_OVERSAMPLE), math.ceil(height * place.scale * DRAFT_OVERSAMPLE))
+            image.draft(self.mode, wanted)
+        load(image)
+        if image.mode not in _RESIZABLE_MODES:
+            image = image.convert(self.mode)
+        fx, fy = image.width / width, image.height / height
+        left, top, right, bottom = place.box
+        region = image.resize(place.size, self.resample, box=(left * fx, top * fy, right * fx, bottom * fy))
+        return self._place(region.convert(self.mode) if region.mode != self.mode else region, place)
+
+    def exact_pixels(self, image: Image.Image) -> Image.Image:
+        load(image)
+        image = image.convert(self.mode) if image.mode != self.mode else image
+        width, height = image.size
+        place = self.placement(width, height)
+        if self.resize is not Resize.CENTER_CROP:
+            return self._place(image.resize(place.size, self.resample), place)
+        scaled = image.resize((round(width * place.scale), round(height * place.scale)), self.resample)
+        out_h, out_w = self.input_size
+        left = int(round((scaled.width - out_w) / 2))
+        top = int(round((scaled.height - out_h) / 2))
+        return scaled.crop((left, top, left + out_w, top + out_h))
+
+    def _place(self, region: Image.Image, place: Placement) -> Image.Image:
+        if region.size == (self.input_size[1], self.input_size[0]):
+            return region
+        canvas = Image.new(self.mode, (self.input_size[1], self.input_size[0]))
+        canvas.paste(region, place.offset)
+        return canvas
+
+    def to_tensor(self, image: Image.Image) -> np.ndarray:
+        pixels = np.asarray(image)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        if self.bgr:
+            pixels = pixels[:, :, ::-1]
+        if self.nchw:
+            pixels = pixels.transpose(2, 0, 1)
+        if self.dtype == np.uint8:
+            return np.ascontiguousarray(pixels)[None]
+        tensor = np.empty((1,) + pixels.shape, np.float32)
+        np.multiply(pixels, self.multiplier, out=tensor[0])
+        tensor[0] += self.addend
+        return tensor if self.dtype == np.float32 else tensor.astype(self.dtype)

@@ -1,0 +1,188 @@
+"""Every validation error: rejected before the service starts, naming the attribute and the value."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_classifier import ConfigError, parse_service_config
+from onnx_classifier.model import resolve_model
+
+from . import onnx_models
+
+
+def validate(attributes):
+    """What the service's validate_config does, without Viam."""
+    config = parse_service_config(attributes)
+    return config, resolve_model(config.classifier)
+
+
+def rejects(attributes, *fragments):
+    with pytest.raises(ConfigError) as caught:
+        validate(attributes)
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def write_graph(path, inputs, outputs, nodes, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def image_input(name="image", shape=("N", 3, 8, 8), dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, list(shape))
+
+
+def scores_output(name="scores", shape=("N", 4), dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, list(shape))
+
+
+def pooled_scores(x="image", out="scores"):
+    """Nodes that turn an NCHW image into [N, 4] scores, for graphs whose inputs or outputs are under test."""
+    return [
+        helper.make_node("GlobalAveragePool", [x], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], [out]),
+    ], [numpy_helper.from_array(np.ones((3, 4), np.float32), "w")]
+
+
+def test_defaults_are_valid_and_declare_no_cameras():
+    config, model = validate({})
+    assert config.cameras == () and config.confidence_threshold == 0.0
+    assert len(model.labels) == 1000
+
+
+def test_cameras_are_declared_default_first_without_duplicates():
+    config, _ = validate({"camera_name": "front", "camera_names": ["back", "front", "side"]})
+    assert config.cameras == ("front", "back", "side")
+
+
+@pytest.mark.parametrize(
+    "attributes, fragments",
+    [
+        ({"camera": "cam"}, ["'camera'", "did you mean 'camera_name'"]),
+        ({"labels": "x.txt"}, ["'labels'", "did you mean 'labels_path'"]),
+        ({"camera_name": 3.0}, ["'camera_name'", "non-empty string", "3.0"]),
+        ({"camera_name": ""}, ["'camera_name'", "non-empty string"]),
+        ({"camera_names": "cam"}, ["'camera_names'", "list of non-empty strings", "'cam'"]),
+        ({"camera_names": ["a", 2.0]}, ["'camera_names'", "list of non-empty strings"]),
+        ({"head": "max"}, ["'head'", "'auto', 'softmax', 'sigmoid', 'none'", "'max'"]),
+        ({"confidence_threshold": 1.5}, ["'confidence_threshold'", "[0, 1]", "1.5"]),
+        ({"confidence_threshold": -0.1}, ["'confidence_threshold'", "-0.1"]),
+        ({"confidence_threshold": "high"}, ["'confidence_threshold'", "a number", "'high'"]),
+        ({"input_size": [224]}, ["'input_size'", "[224]"]),
+        ({"input_size": [224.5, 224]}, ["'input_size'", "whole pixels"]),
+        ({"input_size": [0, 224]}, ["'input_size'", "positive"]),
+        ({"resize": "crop"}, ["'resize'", "'stretch', 'center_crop', 'letterbox'", "'crop'"]),
+        ({"crop_fraction": 0}, ["'crop_fraction'", "(0, 1]", "0"]),
+        ({"crop_fraction": 1.2}, ["'crop_fraction'", "1.2"]),
+        ({"mean": [0.5, 0.5]}, ["'mean'", "1 or 3", "[0.5, 0.5]"]),
+        ({"std": [0.2, 0.0, 0.2]}, ["'std'", "positive", "[0.2, 0.0, 0.2]"]),
+        ({"channel_order": "RBG"}, ["'channel_order'", "'RGB', 'BGR'", "'RBG'"]),
+        ({"interpolation": "lanczos"}, ["'interpolation'", "'bilinear', 'bicubic', 'nearest'", "'lanczos'"]),
+        ({"num_threads": 0}, ["'num_threads'", ">= 1", "0"]),
+        ({"num_threads": 1.5}, ["'num_threads'", "integer", "1.5"]),
+        ({"exact_preprocessing": "yes"}, ["'exact_preprocessing'", "true or false", "'yes'"]),
+        ({"model_path": "/nonexistent/model.onnx"}, ["'model_path'", "no such file", "/nonexistent/model.onnx"]),
+        ({"labels_path": "/nonexistent/labels.txt"}, ["'labels_path'", "no such file", "/nonexistent/labels.txt"]),
+        ({"output_name": "probs"}, ["'output_name'", "'probs'", "outputs are: logits"]),
+        ({"input_size": [256, 256]}, ["'input_size'", "[256, 256]", "fixed input size [224, 224]"]),
+    ],
+)
+def test_bad_attribute_values(attributes, fragments):
+    rejects(attributes, *fragments)
+
+
+def test_model_that_is_not_onnx(tmp_path):
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"\x00\x01 this is not a protobuf at all" * 10)
+    rejects({"model_path": str(path)}, "model_path", str(path), "not a readable ONNX model")
+
+
+def test_labels_count_must_match_the_classes(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    rejects({"labels_path": str(labels)}, "'labels_path'", str(labels), "2 labels", "1000 classes")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    rejects({"labels_path": str(empty)}, str(empty), "empty")
+
+
+def test_dynamic_spatial_dims_need_input_size(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx", size=None)
+    rejects({"model_path": str(path)}, "'input_size' is required", "dynamic")
+    validate({"model_path": str(path), "input_size": [32, 32]})
+
+
+def test_mean_length_must_match_channels(tmp_path):
+    nodes, weights = pooled_scores()
+    path = write_graph(tmp_path / "gray.onnx", [image_input(shape=(1, 1, 8, 8))], [scores_output()], nodes, weights)
+    rejects({"model_path": path, "mean": [0.1, 0.2, 0.3]}, "'mean'", "3 values", "1 channel")
+
+
+def test_graph_shapes_that_are_not_an_image_classifier(tmp_path):
+    nodes, weights = pooled_scores()
+    two_inputs = write_graph(
+        tmp_path / "two.onnx", [image_input(), image_input("mask")], [scores_output()], nodes, weights
+    )
+    rejects({"model_path": two_inputs}, "model_path", "2 inputs", "'image', 'mask'")
+    flat_input = write_graph(tmp_path / "flat.onnx", [image_input(shape=("N", 3))], [scores_output()], [helper.make_node("MatMul", ["image", "w"], ["scores"])], weights)
+    rejects({"model_path": flat_input}, "input 'image'", "[None, 3]")
+    batch_four = write_graph(tmp_path / "b4.onnx", [image_input(shape=(4, 3, 8, 8))], [scores_output()], nodes, weights)
+    rejects({"model_path": batch_four}, "fixed batch size of 4")
+    five_channels = write_graph(tmp_path / "c5.onnx", [image_input(shape=(1, 5, 8, 8))], [scores_output()], nodes, weights)
+    rejects({"model_path": five_channels}, "1 or 3 channels")
+    int_input = write_graph(tmp_path / "int.onnx", [image_input(dtype=TensorProto.INT32)], [scores_output()], nodes, weights)
+    rejects({"model_path": int_input}, "input 'image'", "int32", "float32, float16 and uint8")
+
+
+def test_outputs_that_are_not_class_scores(tmp_path):
+    nodes, weights = pooled_scores()
+    two_outputs = onnx_models.build(tmp_path / "two.onnx", features_output=True)
+    rejects({"model_path": str(two_outputs)}, "2 outputs", "means, class_scores", "'output_name'")
+    rejects({"model_path": str(two_outputs), "output_name": "logits"}, "'output_name'", "'logits'", "means, class_scores")
+    spatial = write_graph(
+        tmp_path / "map.onnx", [image_input()], [scores_output("image", ("N", 3, 8, 8))], [], []
+    )
+    rejects({"model_path": spatial}, "output 'image'", "[N, C] or [C]")
+    int_scores = write_graph(
+        tmp_path / "int.onnx",
+        [image_input()],
+        [scores_output(dtype=TensorProto.INT64)],
+        nodes[:-1] + [helper.make_node("MatMul", ["flat", "w"], ["f"]), helper.make_node("Cast", ["f"], ["scores"], to=TensorProto.INT64)],
+        weights,
+    )
+    rejects({"model_path": int_scores}, "output 'scores'", "int64")
+    uint8_scores = write_graph(
+        tmp_path / "u8.onnx",
+        [image_input()],
+        [scores_output(dtype=TensorProto.UINT8)],
+        nodes[:-1] + [helper.make_node("MatMul", ["flat", "w"], ["f"]), helper.make_node("Cast", ["f"], ["scores"], to=TensorProto.UINT8)],
+        weights,
+    )
+    rejects({"model_path": uint8_scores}, "output 'scores'", "uint8", "no QuantizeLinear")
+
+
+def test_sidecar_errors_name_the_sidecar(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    path.with_suffix(".json").write_text("{not json")
+    rejects({"model_path": str(path)}, "sidecar", "m.json", "not valid JSON")
+    path.with_suffix(".json").write_text('{"mean": [0.5], "labelz": []}')
+    rejects({"model_path": str(path)}, "sidecar", "'labelz'", "did you mean 'labels'")
+    path.with_suffix(".json").write_text('{"labels": ["a", "b"]}')
+    rejects({"model_path": str(path)}, "2 labels", "5 classes")
+
+
+def test_relative_paths_resolve_against_the_module_folder():
+    config, _ = validate({"model_path": "models/efficientnet_lite0.onnx", "labels_path": "models/efficientnet_lite0.labels.txt"})
+    assert config.classifier.model_path.is_absolute() and config.classifier.model_path.is_file()
+
+
+def test_integral_doubles_from_protobuf_structs_are_integers():
+    config, _ = validate({"num_threads": 2.0, "input_size": [224.0, 224.0]})
+    assert config.classifier.num_threads == 2 and isinstance(config.classifier.num_threads, int)

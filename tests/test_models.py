@@ -1,0 +1,181 @@
+"""Heads, layouts, dtypes, quantization and preprocessing on small models, checked against numpy."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+from onnx_classifier import Classifier, parse_service_config
+from onnx_classifier.head import sigmoid, softmax
+
+from . import onnx_models
+from .conftest import encode, solid
+
+RED_ISH = (200, 40, 90)
+
+
+def load(model_path, **attributes):
+    return Classifier(parse_service_config({"model_path": str(model_path), **attributes}).classifier)
+
+
+def as_array(predictions):
+    """Confidences in class order, from predictions labelled by class index."""
+    out = np.zeros(onnx_models.NUM_CLASSES)
+    for p in predictions:
+        out[int(p.label)] = p.confidence
+    return out
+
+
+def normalized(color, mean=(0, 0, 0), std=(1, 1, 1)):
+    return (np.asarray(color) / 255.0 - np.asarray(mean)) / np.asarray(std)
+
+
+def test_raw_logits_get_softmax(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"))
+    predictions = classifier.classify(solid(RED_ISH), 5)
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(predictions), expected, rtol=1e-5, atol=1e-6)
+    assert [int(p.label) for p in predictions] == list(np.argsort(-expected))
+
+
+def test_graph_ending_in_softmax_is_not_softmaxed_twice(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", final="Softmax"))
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_graph_ending_in_sigmoid_is_used_as_it_is(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", final="Sigmoid"))
+    expected = sigmoid(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_multi_label_logits_with_sigmoid_head(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"), head="sigmoid")
+    predictions = classifier.classify(solid(RED_ISH), 5)
+    expected = sigmoid(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(predictions), expected, rtol=1e-5, atol=1e-6)
+    assert sum(p.confidence for p in predictions) > 1.0  # independent per-class probabilities
+
+
+def test_head_none_passes_scores_through_clipped_to_unit_interval(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"), head="none")
+    scores = onnx_models.scores_for(normalized(RED_ISH))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), np.clip(scores, 0, 1), atol=1e-6)
+
+
+def test_nhwc_uint8_input_gets_raw_pixels(model_dir):
+    path = onnx_models.build(model_dir / "m.onnx", layout="NHWC", input_type=TensorProto.UINT8)
+    classifier = load(path, mean=[0.5], std=[0.25])  # ignored: uint8 inputs take raw 0..255 pixels
+    tensor = classifier.preprocess(solid(RED_ISH))
+    assert tensor.dtype == np.uint8 and tensor.shape == (1, 16, 16, 3)
+    assert (tensor[0] == RED_ISH).all()
+    expected = softmax(onnx_models.scores_for(RED_ISH))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_input(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", input_type=TensorProto.FLOAT16))
+    assert classifier.preprocess(solid(RED_ISH)).dtype == np.float16
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, atol=2e-3)
+
+
+def test_quantized_output_is_dequantized_with_the_graphs_scale_and_zero_point(model_dir):
+    scale, zero_point = 1 / 250, 3
+    path = onnx_models.build(model_dir / "m.onnx", final="Softmax", quantize_output=(scale, zero_point))
+    classifier = load(path)
+    probabilities = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    quantized = np.clip(np.round(probabilities / scale) + zero_point, 0, 255)
+    expected = (quantized - zero_point) * scale
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, atol=1e-6)
+
+
+def test_quantized_logits_get_softmax_after_dequantizing(model_dir):
+    scale, zero_point = 0.05, 128
+    classifier = load(onnx_models.build(model_dir / "m.onnx", quantize_output=(scale, zero_point)))
+    logits = onnx_models.scores_for(normalized(RED_ISH))
+    dequantized = (np.clip(np.round(logits / scale) + zero_point, 0, 255) - zero_point) * scale
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), softmax(dequantized), atol=1e-6)
+
+
+def test_mean_std_and_bgr_channel_order(model_dir):
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    classifier = load(onnx_models.build(model_dir / "m.onnx"), mean=list(mean), std=list(std), channel_order="BGR")
+    bgr = RED_ISH[::-1]
+    expected = softmax(onnx_models.scores_for(normalized(bgr, mean, std)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_spatial_dims_use_input_size(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", size=None), input_size=[20, 12])
+    assert classifier.preprocess(solid(RED_ISH, size=(64, 48))).shape == (1, 3, 20, 12)
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_two_outputs_with_output_name(model_dir):
+    path = onnx_models.build(model_dir / "m.onnx", features_output=True)
+    classifier = load(path, output_name="class_scores")
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_output_of_shape_c(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", output_rank=1))
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_labels_file_sidecar_and_metadata_precedence(model_dir):
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    path = onnx_models.build(
+        model_dir / "m.onnx",
+        metadata={"labels": [n.upper() for n in names], "resize": "letterbox"},
+        sidecar={"labels": names},
+    )
+    classifier = load(path)
+    assert classifier.labels == tuple(names)  # sidecar over metadata
+    assert classifier.model.preprocessing.resize.value == "letterbox"  # metadata over default
+    (model_dir / "labels.txt").write_text("\n".join(n * 2 for n in names) + "\n\n")
+    assert load(path, labels_path=str(model_dir / "labels.txt")).labels == tuple(n * 2 for n in names)
+    assert load(path, resize="stretch").model.preprocessing.resize.value == "stretch"  # attribute over model
+
+
+def test_metadata_labels_and_index_labels(model_dir):
+    with_metadata = load(onnx_models.build(model_dir / "a.onnx", metadata={"labels": list("vwxyz")}))
+    assert with_metadata.labels == tuple("vwxyz")
+    assert load(onnx_models.build(model_dir / "b.onnx")).labels == ("0", "1", "2", "3", "4")
+
+
+def test_count_and_confidence_threshold(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"))
+    frame = solid(RED_ISH)
+    assert classifier.classify(frame, 0) == [] and classifier.classify(frame, -3) == []
+    everything = classifier.classify(frame, 50)
+    assert len(everything) == onnx_models.NUM_CLASSES
+    assert classifier.classify(frame, 2) == everything[:2]
+    threshold = (everything[1].confidence + everything[2].confidence) / 2
+    assert classifier.classify(frame, 5, threshold) == everything[:2]
+
+
+def test_letterbox_pads_and_stretch_fills(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"), resize="letterbox")
+    tensor = classifier.preprocess(solid((255, 255, 255), size=(64, 16)))
+    assert tensor.shape == (1, 3, 16, 16)
+    rows = tensor[0, 0].max(axis=1)
+    assert rows[0] == 0.0 and rows[8] == 1.0 and rows[-1] == 0.0  # black bars above and below a 16x4 strip
+    stretched = load(onnx_models.build(model_dir / "s.onnx")).preprocess(solid((255, 255, 255), size=(64, 16)))
+    assert (stretched == 1.0).all()
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+def test_center_crop_takes_the_middle(model_dir, exact):
+    from PIL import Image
+
+    # Left third red, middle third green, right third blue: a centre crop of a wide frame sees green.
+    image = Image.new("RGB", (300, 100), (255, 0, 0))
+    image.paste((0, 255, 0), (100, 0, 200, 100))
+    image.paste((0, 0, 255), (200, 0, 300, 100))
+    classifier = load(onnx_models.build(model_dir / "m.onnx"), resize="center_crop", crop_fraction=1.0, exact_preprocessing=exact)
+    tensor = classifier.preprocess(encode(image, "JPEG", quality=95))
+    assert tensor[0, 1].mean() > 0.95 and tensor[0, 0].mean() < 0.05 and tensor[0, 2].mean() < 0.05

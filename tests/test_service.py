@@ -1,0 +1,61 @@
+"""The Viam adapter in-process: what viam-server's close-then-new reconfigure costs, and what close releases."""
+
+import pytest
+from viam.proto.app.robot import ComponentConfig
+from viam.utils import dict_to_struct
+
+from onnx_classifier.classifier import SharedClassifiers
+from onnx_classifier.config import parse_service_config
+from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
+
+from . import onnx_models
+from .harness import MODEL
+
+
+def config(attributes):
+    return ComponentConfig(name="classifier", api="rdk:service:vision", model=MODEL, attributes=dict_to_struct(attributes))
+
+
+async def test_reconfigure_with_the_same_model_does_not_reload_it():
+    first = OnnxClassifier.new(config({}), {})
+    classifier = first.classifier
+    await first.close()
+    assert first.classifier is None
+    # A change that does not touch the model (the threshold) reuses the loaded session.
+    second = OnnxClassifier.new(config({"confidence_threshold": 0.2}), {})
+    assert second.classifier is classifier
+    await second.close()
+
+
+async def test_a_different_model_replaces_the_idle_one_and_closes_it(tmp_path):
+    first = OnnxClassifier.new(config({}), {})
+    bundled = first.classifier
+    await first.close()
+    other = OnnxClassifier.new(config({"model_path": str(onnx_models.build(tmp_path / "m.onnx"))}), {})
+    assert bundled._session is None  # the idle bundled model is freed before the new one loads
+    loaded = other.classifier
+    await other.close()
+    assert SHARED_CLASSIFIERS.loaded() == [loaded]
+
+
+def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
+    shared = SharedClassifiers()
+    path = onnx_models.build(tmp_path / "m.onnx")
+    cfg = parse_service_config({"model_path": str(path)}).classifier
+    a, b = shared.acquire(cfg), shared.acquire(cfg)
+    assert a is b
+    shared.release(a)
+    assert a._session is not None and shared.loaded() == [a]
+    shared.release(b)
+    assert shared.loaded() == [a]  # idle, kept for the next identical config
+    assert shared.acquire(cfg) is a
+    shared.release(a)
+    onnx_models.build(path, final="Softmax")  # the file changes on disk: a fresh load
+    c = shared.acquire(cfg)
+    assert c is not a and c.model.spec.final_activation is not None
+    assert a._session is None
+
+
+def test_missing_camera_dependency_is_a_clear_error():
+    with pytest.raises(ValueError, match="camera 'cam' is not among this service's dependencies"):
+        OnnxClassifier.new(config({"camera_name": "cam"}), {})
