@@ -59,3 +59,25 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
 def test_missing_camera_dependency_is_a_clear_error():
     with pytest.raises(ValueError, match="camera 'cam' is not among this service's dependencies"):
         OnnxClassifier.new(config({"camera_name": "cam"}), {})
+
+
+def test_hyperframe_repr_patch_gives_the_same_text():
+    import binascii
+    import os
+
+    import hyperframe.frame
+
+    def original(data):  # hyperframe 6.1's _raw_data_repr
+        if not data:
+            return "None"
+        r = binascii.hexlify(data).decode("ascii")
+        if len(r) > 20:
+            r = r[:20] + "..."
+        return "<hex:" + r + ">"
+
+    assert hyperframe.frame._raw_data_repr is not original
+    for size in (0, 1, 9, 10, 11, 12, 16384):
+        data = os.urandom(size)
+        assert hyperframe.frame._raw_data_repr(data) == original(data)
+    frame = hyperframe.frame.DataFrame(1, data=os.urandom(16384))
+    assert repr(frame).endswith("...>")

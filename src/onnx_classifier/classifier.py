@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Optional
@@ -12,30 +11,23 @@ import numpy as np
 import onnxruntime as ort
 
 from .config import ClassifierConfig, ConfigError
+from .cores import available_cores
 from .head import Prediction, confidences, top_k
 from .model import ResolvedModel, resolve_model
 from .preprocess import Preprocessor
 
-__all__ = ["Classifier", "Prediction", "SharedClassifiers", "default_num_threads"]
+__all__ = ["Classifier", "Prediction", "SharedClassifiers"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-def default_num_threads() -> int:
-    """All cores the process may use; onnxruntime threads do not spin, so they leave the event loop its share."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS has no sched_getaffinity
-        return max(1, os.cpu_count() or 1)
-
-
 def session_options(num_threads: Optional[int]) -> ort.SessionOptions:
+    """Threads that do not spin, so that between runs they leave the cores to the event loop and the decoder."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or default_num_threads()
+    options.intra_op_num_threads = num_threads or available_cores()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning workers would compete with the gRPC event loop and the decoder for the same few cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 

@@ -15,12 +15,15 @@ Both end in one fused multiply-add per channel that applies 1/255, mean and std.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
 from .config import ChannelOrder, Interpolation, Resize
+from .cores import available_cores
 from .decode import load, open_image
 from .model import Layout, ResolvedModel
 
@@ -28,6 +31,11 @@ from .model import Layout, ResolvedModel
 # keeps; decoding at no less than twice the size keeps results within the
 # tolerances that tests/test_fast_path.py checks against the exact path.
 DRAFT_OVERSAMPLE = 2.0
+
+# A region with fewer source pixels than this many times the output's is resized in one piece:
+# splitting it would cost more in hand-over than it saves.
+_SPLIT_MIN_RATIO = 4
+_HALF_RESIZER = ThreadPoolExecutor(1, thread_name_prefix="resize") if available_cores() > 1 else None
 
 _RESAMPLE = {
     Interpolation.BILINEAR: Image.Resampling.BILINEAR,
@@ -46,6 +54,8 @@ class Placement:
     size: tuple[int, int]  # (width, height) the region is resized to
     offset: tuple[int, int]  # (x, y) of the resized region in the input (letterbox padding)
     scale: float  # resized pixels per source pixel
+    resized: Optional[tuple[int, int]] = None  # center_crop: the whole frame's size before the crop...
+    crop_at: tuple[int, int] = (0, 0)  # ...and where the crop starts in it
 
 
 class Preprocessor:
@@ -82,11 +92,18 @@ class Preprocessor:
             size = (max(1, min(out_w, round(width * scale))), max(1, min(out_h, round(height * scale))))
             offset = ((out_w - size[0]) // 2, (out_h - size[1]) // 2)
             return Placement((0.0, 0.0, float(width), float(height)), size, offset, scale)
-        # center_crop, as timm: scale to cover (size / crop_fraction), then take the centre.
-        scale = max(math.floor(out_w / self.crop_fraction) / width, math.floor(out_h / self.crop_fraction) / height)
-        box_w, box_h = min(width, out_w / scale), min(height, out_h / scale)
-        left, top = (width - box_w) / 2, (height - box_h) / 2
-        return Placement((left, top, left + box_w, top + box_h), (out_w, out_h), (0, 0), scale)
+        # center_crop: resize to cover size / crop_fraction keeping the aspect ratio (the other
+        # side rounded), then take the centre at a rounded offset, as torchvision's CenterCrop.
+        # The source box is exactly that crop, so resizing the box alone gives the same pixels.
+        cover_w, cover_h = math.floor(out_w / self.crop_fraction), math.floor(out_h / self.crop_fraction)
+        if cover_w / width >= cover_h / height:
+            resized_w, resized_h = cover_w, max(cover_h, round(height * cover_w / width))
+        else:
+            resized_w, resized_h = max(cover_w, round(width * cover_h / height)), cover_h
+        left, top = int(round((resized_w - out_w) / 2)), int(round((resized_h - out_h) / 2))
+        fx, fy = width / resized_w, height / resized_h
+        box = (left * fx, top * fy, (left + out_w) * fx, (top + out_h) * fy)
+        return Placement(box, (out_w, out_h), (0, 0), resized_w / width, (resized_w, resized_h), (left, top))
 
     def fast_pixels(self, image: Image.Image) -> Image.Image:
         width, height = image.size
@@ -99,21 +116,34 @@ class Preprocessor:
             image = image.convert(self.mode)
         fx, fy = image.width / width, image.height / height
         left, top, right, bottom = place.box
-        region = image.resize(place.size, self.resample, box=(left * fx, top * fy, right * fx, bottom * fy))
+        region = self._resize(image, place.size, (left * fx, top * fy, right * fx, bottom * fy))
         return self._place(region.convert(self.mode) if region.mode != self.mode else region, place)
+
+    def _resize(self, image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
+        """Pillow resizes on one core. The top and bottom halves of the output, resized from the top
+        and bottom halves of the box, are exactly the same pixels (the filter still reads past the
+        half-box edge), so a large region is resized as two halves on two cores."""
+        width, height = size
+        left, top, right, bottom = box
+        if _HALF_RESIZER is None or height < 2 or (right - left) * (bottom - top) < _SPLIT_MIN_RATIO * width * height:
+            return image.resize(size, self.resample, box=box)
+        upper_rows = height // 2
+        middle = top + (bottom - top) * upper_rows / height
+        lower = _HALF_RESIZER.submit(image.resize, (width, height - upper_rows), self.resample, (left, middle, right, bottom))
+        upper = image.resize((width, upper_rows), self.resample, box=(left, top, right, middle))
+        whole = Image.new(upper.mode, size)
+        whole.paste(upper, (0, 0))
+        whole.paste(lower.result(), (0, upper_rows))
+        return whole
 
     def exact_pixels(self, image: Image.Image) -> Image.Image:
         load(image)
         image = image.convert(self.mode) if image.mode != self.mode else image
-        width, height = image.size
-        place = self.placement(width, height)
-        if self.resize is not Resize.CENTER_CROP:
+        place = self.placement(*image.size)
+        if place.resized is None:
             return self._place(image.resize(place.size, self.resample), place)
-        scaled = image.resize((round(width * place.scale), round(height * place.scale)), self.resample)
-        out_h, out_w = self.input_size
-        left = int(round((scaled.width - out_w) / 2))
-        top = int(round((scaled.height - out_h) / 2))
-        return scaled.crop((left, top, left + out_w, top + out_h))
+        (left, top), (out_w, out_h) = place.crop_at, place.size
+        return image.resize(place.resized, self.resample).crop((left, top, left + out_w, top + out_h))
 
     def _place(self, region: Image.Image, place: Placement) -> Image.Image:
         if region.size == (self.input_size[1], self.input_size[0]):
