@@ -13,7 +13,7 @@ import onnxruntime as ort
 from .config import ClassifierConfig, ConfigError
 from .cores import available_cores
 from .head import Prediction, confidences, top_k
-from .model import ResolvedModel, resolve_model
+from .model import Layout, ResolvedModel, resolve_model
 from .preprocess import Preprocessor
 
 __all__ = ["Classifier", "Prediction", "SharedClassifiers"]
@@ -49,7 +49,7 @@ class Classifier:
         # One run on a blank input: it fixes a dynamic class count, checks the labels
         # against it, and takes the first-call allocation cost off the first request.
         height, width = self.model.input_size
-        shape = (1, spec.channels, height, width) if spec.layout.value == "NCHW" else (1, height, width, spec.channels)
+        shape = (1, spec.channels, height, width) if spec.layout is Layout.NCHW else (1, height, width, spec.channels)
         scores = self._run(np.zeros(shape, spec.input_dtype))
         if self.model.labels is not None and len(self.model.labels) != scores.size:
             raise ConfigError(f"{len(self.model.labels)} labels were given but the model outputs {scores.size} classes")
@@ -65,7 +65,7 @@ class Classifier:
             raise RuntimeError("the classifier is closed")
         spec = self.model.spec
         (raw,) = session.run([spec.output_name], {spec.input_name: tensor})
-        return raw.reshape(-1) if raw.ndim == 1 else raw[0]
+        return raw if raw.ndim == 1 else raw[0]
 
     def preprocess(self, data: bytes) -> np.ndarray:
         """The model's input tensor for one encoded image; raises DecodeError for bytes that are not one."""

@@ -11,8 +11,8 @@ from typing import Any, ClassVar, List, Mapping, Optional, Sequence, Tuple
 import hyperframe.frame
 from grpclib import GRPCError, Status
 from typing_extensions import Self
-from viam.components.camera import Camera
 from viam import logging as viam_logging
+from viam.components.camera import Camera
 from viam.errors import MethodNotImplementedError, ViamGRPCError
 from viam.media.video import ViamImage
 from viam.module.module import Module
@@ -34,7 +34,7 @@ from .model import resolve_model
 from .paths import META_JSON
 
 
-def _model_from_meta() -> Model:
+def _model_from_meta() -> str:
     """The model triplet lives in meta.json only, so an organization changes its namespace in one place."""
     (entry,) = json.loads(META_JSON.read_text())["models"]
     return entry["model"]
@@ -55,13 +55,13 @@ def _hex_prefix_repr(data: Optional[bytes]) -> str:
 # h2 formats every received frame for its trace log eagerly (`repr(frame)`), and hyperframe's
 # repr hexlifies the whole 16 KiB payload to show 10 bytes of it: about 1.5 ms of a 4K
 # request, spent on a log line nobody reads. Same text, a fraction of the work.
-hyperframe.frame._raw_data_repr = _hex_prefix_repr
+if hasattr(hyperframe.frame, "_raw_data_repr"):
+    hyperframe.frame._raw_data_repr = _hex_prefix_repr
+
 SHARED_CLASSIFIERS = SharedClassifiers()
 # Requests run off the event loop; as many at once as onnxruntime has threads, so a
 # burst queues here instead of oversubscribing the cores.
 INFERENCE_POOL = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="onnx-classifier")
-
-
 # capture_all_from_camera has no count of its own: it returns the conventional top-5.
 CAPTURE_COUNT = 5
 
@@ -113,7 +113,8 @@ class OnnxClassifier(Vision, EasyResource):
             raise ViamGRPCError(f"{source}: {e}", Status.INVALID_ARGUMENT) from e
         return [Classification(class_name=p.label, confidence=p.confidence) for p in predictions]
 
-    async def _frame(self, camera_name: str, timeout: Optional[float]) -> ViamImage:
+    async def _frame(self, camera_name: str, timeout: Optional[float]) -> Tuple[str, ViamImage]:
+        """The camera's name and its first image; an empty name means the default camera."""
         name = camera_name or self.config.camera_name
         if not name:
             raise ViamGRPCError(
@@ -129,7 +130,7 @@ class OnnxClassifier(Vision, EasyResource):
             raise ViamGRPCError(f"camera {name!r} did not return an image: {e}", Status.UNAVAILABLE) from e
         if not images:
             raise ViamGRPCError(f"camera {name!r} returned no images", Status.UNAVAILABLE)
-        return images[0]
+        return name, images[0]
 
     async def get_classifications(
         self,
@@ -151,8 +152,8 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> List[Classification]:
-        frame = await self._frame(camera_name, timeout)
-        return await self._classify(frame.data, count, f"image from camera {camera_name or self.config.camera_name!r}")
+        name, frame = await self._frame(camera_name, timeout)
+        return await self._classify(frame.data, count, f"image from camera {name!r}")
 
     async def capture_all_from_camera(
         self,
@@ -168,13 +169,12 @@ class OnnxClassifier(Vision, EasyResource):
         **kwargs,
     ) -> CaptureAllResult:
         # Data capture asks for everything; what a classifier cannot give stays None.
-        frame = await self._frame(camera_name, timeout)
+        name, frame = await self._frame(camera_name, timeout)
         result = CaptureAllResult()
         if return_image:
             result.image = frame
         if return_classifications:
-            source = f"image from camera {camera_name or self.config.camera_name!r}"
-            result.classifications = await self._classify(frame.data, CAPTURE_COUNT, source)
+            result.classifications = await self._classify(frame.data, CAPTURE_COUNT, f"image from camera {name!r}")
         return result
 
     async def get_properties(
