@@ -45,7 +45,6 @@ build_environment() {
     log "setting up the Python environment in $VENV (first start only; this takes a minute)"
     rm -rf "$VENV"
     "$python" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e "$MODULE_DIR"
     wanted_stamp >"$STAMP"
     log "environment ready"

@@ -46,7 +46,8 @@ def test_fast_path_changes_confidences_by_at_most_a_few_hundredths(fast_and_exac
     assert drafted >= FRAMES // 2
     assert differences.max() <= 0.05
     assert np.percentile(differences, 95) <= 0.025
-    assert agreement >= 0.97, disagreements
+    # 204 of 210 here; a little room, since a near-tie can fall either way on another CPU's arithmetic.
+    assert agreement >= 0.95, disagreements
     assert all(gap <= 0.05 for _, gap in disagreements), disagreements
 
 

@@ -61,8 +61,12 @@ def test_two_first_starts_race_safely_then_the_module_serves(unpacked):
     asyncio.run(serve())
 
 
-def _bare_path(folder: Path, python_script: str) -> dict:
-    """An environment whose PATH has the tools run.sh uses and a fake python3, nothing else."""
+def run_sh_with_fake_python(folder: Path, python_script: str) -> subprocess.CompletedProcess:
+    """run.sh in a fresh module folder, on a PATH with the tools it uses and a fake python3, nothing else."""
+    module = folder / "module"
+    module.mkdir()
+    shutil.copy(PROJECT_ROOT / "run.sh", module)
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", module)
     bin_dir = folder / "bin"
     bin_dir.mkdir()
     for tool in ("dirname", "cksum", "cat", "mkdir", "rm", "sleep"):
@@ -70,30 +74,22 @@ def _bare_path(folder: Path, python_script: str) -> dict:
     fake = bin_dir / "python3"
     fake.write_text(f"#!{shutil.which('bash')}\n{python_script}\n")
     fake.chmod(0o755)
-    return {"PATH": str(bin_dir), "HOME": str(folder)}
+    env = {"PATH": str(bin_dir), "HOME": str(folder)}
+    command = [shutil.which("bash"), str(module / "run.sh"), "/tmp/x.sock"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
 
 
 def test_run_sh_explains_an_old_python(tmp_path):
-    module = tmp_path / "module"
-    module.mkdir()
-    shutil.copy(PROJECT_ROOT / "run.sh", module)
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", module)
-    env = _bare_path(tmp_path, 'echo "Python 3.8.10"; exit 1')
-    result = subprocess.run([shutil.which("bash"), str(module / "run.sh"), "/tmp/x.sock"], env=env, capture_output=True, text=True, timeout=30)
+    result = run_sh_with_fake_python(tmp_path, 'echo "Python 3.8.10"; exit 1')
     assert result.returncode == 1
     assert "Python 3.10 or newer is required" in result.stderr and "Python 3.8.10" in result.stderr
 
 
 def test_run_sh_explains_a_missing_venv_module(tmp_path):
-    module = tmp_path / "module"
-    module.mkdir()
-    shutil.copy(PROJECT_ROOT / "run.sh", module)
-    shutil.copy(PROJECT_ROOT / "pyproject.toml", module)
-    env = _bare_path(tmp_path, 'case "$*" in *ensurepip*) exit 1;; *) exit 0;; esac')
-    result = subprocess.run([shutil.which("bash"), str(module / "run.sh"), "/tmp/x.sock"], env=env, capture_output=True, text=True, timeout=30)
+    result = run_sh_with_fake_python(tmp_path, 'case "$*" in *ensurepip*) exit 1;; *) exit 0;; esac')
     assert result.returncode == 1
     assert "venv module" in result.stderr and "python3-venv" in result.stderr
-    assert not (module / ".venv").exists()
+    assert not (tmp_path / "module" / ".venv").exists()
 
 
 def test_meta_json_is_consistent_with_the_code():

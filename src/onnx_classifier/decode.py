@@ -43,6 +43,8 @@ def open_image(data: bytes) -> Image.Image:
         raise DecodeError(f"cannot read the {image_format} image ({len(data)} bytes): {e}") from e
     if image.width == 0 or image.height == 0:
         raise DecodeError(f"the {image_format} image has no pixels ({image.width}x{image.height})")
+    # The whole file is in memory: hand it to the decoder in one piece, not in 64 KiB reads.
+    image.decodermaxblock = max(image.decodermaxblock, len(data))
     return image
 
 

@@ -4,8 +4,8 @@ Two paths give the same geometry:
 
 - fast (default): a JPEG is decoded at a reduced scale by libjpeg's DCT scaling
   (Pillow's `draft`), never below `DRAFT_OVERSAMPLE` times the pixels the model
-  needs, and the region the model sees is cut and resized in one antialiased
-  pass (`resize(box=...)`), so no full-resolution frame is ever built;
+  needs, and only the region the model sees is resized, in one antialiased pass
+  (`resize(box=...)`, split over two cores), so no full-resolution frame is ever built;
 - exact (`exact_preprocessing`): the textbook recipe at full resolution (decode
   everything, resize, then crop), the reference the fast path is tested against.
 
