@@ -188,7 +188,14 @@ def report(results: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     order = ["floor", "decode", "engine", "e2e", "camera", "naive"]
-    for name in sorted(timings, key=lambda n: (order.index(n.split(" ")[0]), n.split(" ", 1)[-1])):
+
+    def position(name: str):
+        kind, _, frame = name.partition(" ")
+        image_format, _, size = frame.partition(" ")
+        width, _, height = size.partition("x")
+        return order.index(kind), image_format != "jpeg", int(width or 0) * int(height or 0)
+
+    for name in sorted(timings, key=position):
         row = timings[name]
         kind, _, frame = name.partition(" ")
         size = results["frames"].get(frame, "")
