@@ -54,6 +54,10 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     c = shared.acquire(cfg)
     assert c is not a and c.model.spec.final_activation is not None
     assert a._session is None
+    shared.release(c)
+    path.with_suffix(".json").write_text('{"labels": ["a", "b", "c", "d", "e"]}')  # so does a new sidecar
+    d = shared.acquire(cfg)
+    assert d is not c and d.labels == ("a", "b", "c", "d", "e")
 
 
 def test_missing_camera_dependency_is_a_clear_error():

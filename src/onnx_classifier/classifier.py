@@ -13,7 +13,7 @@ import onnxruntime as ort
 from .config import ClassifierConfig, ConfigError
 from .cores import available_cores
 from .head import Prediction, confidences, top_k
-from .model import Layout, ResolvedModel, resolve_model
+from .model import Layout, ResolvedModel, file_stamps, resolve_model, sidecar_path
 from .preprocess import Preprocessor
 
 __all__ = ["Classifier", "Prediction", "SharedClassifiers"]
@@ -97,10 +97,7 @@ class SharedClassifiers:
 
     @staticmethod
     def _key(config: ClassifierConfig) -> tuple:
-        stamps = tuple(
-            (p.stat().st_mtime_ns, p.stat().st_size) for p in (config.model_path, config.labels_path) if p is not None
-        )
-        return (config, stamps)
+        return config, file_stamps(config.model_path, config.labels_path, sidecar_path(config.model_path))
 
     def acquire(self, config: ClassifierConfig) -> Classifier:
         key = self._key(config)

@@ -163,13 +163,28 @@ def read_labels(path: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines)
 
 
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def file_stamps(*paths: Optional[Path]) -> tuple:
+    """What changes when any of these files is edited or replaced (None for an absent file)."""
+    stamps = []
+    for path in paths:
+        try:
+            stat = path.stat() if path is not None else None
+        except FileNotFoundError:
+            stat = None
+        stamps.append((stat.st_mtime_ns, stat.st_size) if stat is not None else None)
+    return tuple(stamps)
+
+
 def inspect_model(path: Path, output_name: Optional[str]) -> ModelSpec:
-    stat = path.stat()
-    return _inspect_cached(path, stat.st_mtime_ns, stat.st_size, output_name)
+    return _inspect_cached(path, file_stamps(path, sidecar_path(path)), output_name)
 
 
 @functools.lru_cache(maxsize=8)
-def _inspect_cached(path: Path, _mtime_ns: int, _size: int, output_name: Optional[str]) -> ModelSpec:
+def _inspect_cached(path: Path, _stamps: tuple, output_name: Optional[str]) -> ModelSpec:
     where = f"model_path {str(path)!r}"
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -315,14 +330,14 @@ def _description(path: Path, model: onnx.ModelProto) -> ModelDescription:
             except json.JSONDecodeError:
                 metadata[prop.key] = prop.value
     description = parse_model_description(metadata, f"ONNX metadata of {str(path)!r}", path.parent)
-    sidecar_path = path.with_suffix(".json")
-    if not sidecar_path.is_file():
+    sidecar_file = sidecar_path(path)
+    if not sidecar_file.is_file():
         return description
     try:
-        values = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        values = json.loads(sidecar_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"model sidecar {str(sidecar_path)!r} is not valid JSON: {e}") from e
-    sidecar = parse_model_description(values, f"model sidecar {str(sidecar_path)!r}", sidecar_path.parent)
+        raise ConfigError(f"model sidecar {str(sidecar_file)!r} is not valid JSON: {e}") from e
+    sidecar = parse_model_description(values, f"model sidecar {str(sidecar_file)!r}", sidecar_file.parent)
     has_own_labels = sidecar.labels is not None or sidecar.labels_path is not None
     return ModelDescription(
         preprocessing=sidecar.preprocessing.over(description.preprocessing),

@@ -10,7 +10,6 @@ from typing import Any, ClassVar, List, Mapping, Optional, Sequence, Tuple
 
 import hyperframe.frame
 from grpclib import GRPCError, Status
-from typing_extensions import Self
 from viam import logging as viam_logging
 from viam.components.camera import Camera
 from viam.errors import MethodNotImplementedError, ViamGRPCError
@@ -81,7 +80,7 @@ class OnnxClassifier(Vision, EasyResource):
         return list(parsed.cameras), []
 
     @classmethod
-    def new(cls, config: ComponentConfig, dependencies: Mapping[ResourceName, ResourceBase]) -> Self:
+    def new(cls, config: ComponentConfig, dependencies: Mapping[ResourceName, ResourceBase]) -> "OnnxClassifier":
         parsed = parse_service_config(struct_to_dict(config.attributes))
         cameras = {}
         for name in parsed.cameras:
