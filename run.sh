@@ -43,7 +43,11 @@ build_environment() {
         exit 1
     fi
     log "setting up the Python environment in $VENV (first start only; this takes a minute)"
-    rm -rf "$VENV"
+    # An environment whose Python no longer runs is rebuilt from nothing; any other (an interrupted
+    # install, a developer's .venv) is completed in place.
+    if [ -e "$VENV" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+        rm -rf "$VENV"
+    fi
     "$python" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet -e "$MODULE_DIR"
     wanted_stamp >"$STAMP"

@@ -50,6 +50,17 @@ def test_two_first_starts_race_safely_then_the_module_serves(unpacked):
     assert sum("setting up the Python environment" in err for _, err in outputs) == 1
     assert not (unpacked / ".venv.lock").exists()
 
+    # An environment without the stamp (an interrupted install, a developer's .venv) is completed
+    # in place, not wiped.
+    (unpacked / ".venv" / ".installed-from").unlink()
+    marker = unpacked / ".venv" / "kept"
+    marker.write_text("")
+    again = subprocess.run(
+        [str(unpacked / "run.sh"), "classify", "-n", "1", str(DATA / "rocket.jpg")], capture_output=True, text=True, timeout=900
+    )
+    assert again.returncode == 0 and again.stdout.startswith("missile: "), again.stderr
+    assert "setting up the Python environment" in again.stderr and marker.exists()
+
     async def serve():
         async with running_module([StillCamera("cam", photo("rocket.jpg"))], command=[str(unpacked / "run.sh")]) as module:
             await module.validate({"camera_name": "cam"})
