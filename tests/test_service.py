@@ -79,7 +79,9 @@ def test_hyperframe_repr_patch_gives_the_same_text():
             r = r[:20] + "..."
         return "<hex:" + r + ">"
 
-    assert hyperframe.frame._raw_data_repr is not original
+    from onnx_classifier.service import _hex_prefix_repr
+
+    assert hyperframe.frame._raw_data_repr is _hex_prefix_repr  # installed by importing the service
     for size in (0, 1, 9, 10, 11, 12, 16384):
         data = os.urandom(size)
         assert hyperframe.frame._raw_data_repr(data) == original(data)
