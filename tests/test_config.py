@@ -5,16 +5,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_classifier import ConfigError, parse_service_config
-from onnx_classifier.model import resolve_model
+from onnx_classifier import ConfigError
+from onnx_classifier.classifier import validate_service_config
 
 from . import onnx_models
 
 
 def validate(attributes):
     """What the service's validate_config does, without Viam."""
-    config = parse_service_config(attributes)
-    return config, resolve_model(config.classifier)
+    return validate_service_config(attributes)
 
 
 def rejects(attributes, *fragments):
@@ -65,8 +64,6 @@ def test_cameras_are_declared_default_first_without_duplicates():
 @pytest.mark.parametrize(
     "attributes, fragments",
     [
-        ({"camera": "cam"}, ["'camera'", "did you mean 'camera_name'"]),
-        ({"labels": "x.txt"}, ["'labels'", "did you mean 'labels_path'"]),
         ({"camera_name": 3.0}, ["'camera_name'", "non-empty string", "3.0"]),
         ({"camera_name": ""}, ["'camera_name'", "non-empty string"]),
         ({"camera_names": "cam"}, ["'camera_names'", "list of non-empty strings", "'cam'"]),
@@ -92,10 +89,59 @@ def test_cameras_are_declared_default_first_without_duplicates():
         ({"labels_path": "/nonexistent/labels.txt"}, ["'labels_path'", "no such file", "/nonexistent/labels.txt"]),
         ({"output_name": "probs"}, ["'output_name'", "'probs'", "outputs are: logits"]),
         ({"input_size": [256, 256]}, ["'input_size'", "[256, 256]", "fixed input size [224, 224]"]),
+        ({"max_image_pixels": 0}, ["'max_image_pixels'", ">= 1", "0"]),
+        ({"camera_timeout_s": 0}, ["'camera_timeout_s'", "(0, 86400]", "0"]),
+        ({"camera_timeout_s": "5s"}, ["'camera_timeout_s'", "a number", "'5s'"]),
+        ({"region": [0.5, 0.0, 0.5, 1.0]}, ["'region'", "x_min < x_max", "[0.5, 0.0, 0.5, 1.0]"]),
+        ({"region": [0.0, 0.8, 1.0, 0.2]}, ["'region'", "y_min < y_max"]),
+        ({"region": [-0.1, 0.0, 1.0, 1.0]}, ["'region'", "0 <= x_min"]),
+        ({"region": [0.0, 0.0, 1.0]}, ["'region'", "[x_min, y_min, x_max, y_max]"]),
+        ({"region": "center"}, ["'region'", "'center'"]),
+        ({"camera_name": "cam", "regions_by_camera": {"cam": [0, 0, 2, 1]}}, ["'regions_by_camera' entry 'cam'", "x_max <= 1"]),
+        ({"camera_name": "cam", "regions_by_camera": {"door": [0, 0, 1, 1]}}, ["'regions_by_camera'", "'door'", "configured: 'cam'"]),
+        ({"regions_by_camera": [[0, 0, 1, 1]]}, ["'regions_by_camera'", "object keyed by name"]),
+        ({"smoothing_window": 0}, ["'smoothing_window'", ">= 1"]),
+        ({"label_hold_frames": 2.5}, ["'label_hold_frames'", "integer", "2.5"]),
+        ({"label_confidences": {"espresso": 1.5}}, ["'label_confidences' entry 'espresso'", "[0, 1]", "1.5"]),
+        ({"label_confidences": ["espresso"]}, ["'label_confidences'", "object keyed by name"]),
+        ({"label_confidences": {"expresso": 0.5}}, ["'label_confidences'", "'expresso' is not a label", "did you mean 'espresso'"]),
+        ({"allowed_labels": ["tabby", "egyptian cat"]}, ["'allowed_labels'", "'egyptian cat'", "'Egyptian cat'"]),
+        ({"allowed_labels": []}, ["'allowed_labels'", "non-empty list"]),
+        ({"blocked_labels": "cup"}, ["'blocked_labels'", "list of non-empty strings"]),
+        ({"providers": []}, ["'providers'", "non-empty list"]),
+        ({"providers": ["CUDAExecutionProvidr"]}, ["'providers'", "'CUDAExecutionProvidr'", "did you mean 'CUDAExecutionProvider'"]),
+        ({"providers": ["CUDAExecutionProvider"], "strict_providers": True}, ["'providers'", "'CUDAExecutionProvider'", "not available", "available: ", "CPUExecutionProvider"]),
+        ({"strict_providers": "yes"}, ["'strict_providers'", "true or false"]),
     ],
 )
 def test_bad_attribute_values(attributes, fragments):
     rejects(attributes, *fragments)
+
+
+def test_unknown_attributes_are_warnings_that_suggest_the_known_name():
+    config, _ = validate({"camera": "cam", "labels": "x.txt", "confidence_treshold": 0.5, "zzz": 1})
+    assert config.cameras == () and config.confidence_threshold == 0.0
+    camera, labels, threshold, other = config.warnings
+    assert "'camera' is not recognized; did you mean 'camera_name'" in camera
+    assert "'labels' is not recognized; did you mean 'labels_path'" in labels
+    assert "did you mean 'confidence_threshold'" in threshold
+    assert "'zzz' is not recognized" in other
+
+
+def test_unavailable_provider_falls_back_to_the_cpu_unless_strict():
+    from onnx_classifier.classifier import resolve_providers
+
+    config, _ = validate({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert config.classifier.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert resolve_providers(config.classifier) == ("CPUExecutionProvider",)
+    config, _ = validate({"providers": ["TensorrtExecutionProvider"]})
+    assert resolve_providers(config.classifier) == ("CPUExecutionProvider",)
+
+
+def test_label_names_of_a_model_without_labels_are_class_indices(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    validate({"model_path": str(path), "allowed_labels": ["0", "2"], "label_confidences": {"1": 0.9}})
+    rejects({"model_path": str(path), "blocked_labels": ["7"]}, "'blocked_labels'", "'7' is not a label")
 
 
 def test_model_that_is_not_onnx(tmp_path):

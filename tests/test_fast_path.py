@@ -31,7 +31,7 @@ def test_fast_path_changes_confidences_by_at_most_a_few_hundredths(fast_and_exac
         reference = exact.scores(exact.preprocess(data))
         scores = fast.scores(fast.preprocess(data))
         differences.append(np.abs(scores - reference).max())
-        image = open_image(data)
+        image = open_image(data, 50_000_000)
         drafted += fast._preprocess.placement(*image.size).scale * DRAFT_OVERSAMPLE < 0.5
         if scores.argmax() != reference.argmax():
             # A different top-1 is only acceptable between classes the reference itself nearly ties.
@@ -54,7 +54,7 @@ def test_fast_path_changes_confidences_by_at_most_a_few_hundredths(fast_and_exac
 def test_split_resize_gives_the_same_pixels_as_one_resize(fast_and_exact):
     preprocess = fast_and_exact[0]._preprocess
     for _, data in camera_frames(6, seed=1):
-        image = open_image(data)
+        image = open_image(data, 50_000_000)
         image.load()
         place = preprocess.placement(*image.size)
         whole = image.resize(place.size, preprocess.resample, box=place.box)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .paths import BUNDLED_MODEL, MODULE_ROOT
 
@@ -82,6 +82,27 @@ class ModelDescription:
     labels_path: Optional[Path] = None
 
 
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_CAMERA_TIMEOUT_S = 5.0
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the frame in fractions of its width and height, 0..1 from the top left."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def pixels(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The region's box in whole pixels of a width x height frame, at least one pixel each way."""
+        left, top = min(width - 1, round(self.x_min * width)), min(height - 1, round(self.y_min * height))
+        right, bottom = max(left + 1, round(self.x_max * width)), max(top + 1, round(self.y_max * height))
+        return left, top, right, bottom
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Everything that decides how a model is loaded and fed; equal configs can share one loaded model."""
@@ -93,20 +114,47 @@ class ClassifierConfig:
     preprocessing: Preprocessing = Preprocessing()
     exact_preprocessing: bool = False
     num_threads: Optional[int] = None
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    strict_providers: bool = False
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """Which labels may be reported and the confidence each needs; names are checked against the model's labels."""
+
+    confidence_threshold: float = 0.0
+    label_confidences: tuple[tuple[str, float], ...] = ()
+    allowed_labels: Optional[tuple[str, ...]] = None
+    blocked_labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     classifier: ClassifierConfig
-    confidence_threshold: float = 0.0
+    labels: LabelRules = LabelRules()
     camera_name: Optional[str] = None
     camera_names: tuple[str, ...] = ()
+    camera_timeout_s: float = DEFAULT_CAMERA_TIMEOUT_S
+    region: Optional[Region] = None
+    regions_by_camera: tuple[tuple[str, Region], ...] = ()
+    smoothing_window: int = 1
+    label_hold_frames: int = 1
+    warnings: tuple[str, ...] = ()  # attributes that were ignored, and why
+
+    @property
+    def confidence_threshold(self) -> float:
+        return self.labels.confidence_threshold
 
     @property
     def cameras(self) -> tuple[str, ...]:
         """Every configured camera, the default first, each once."""
         names = ((self.camera_name,) if self.camera_name else ()) + self.camera_names
         return tuple(dict.fromkeys(names))
+
+    def region_for(self, camera: Optional[str]) -> Optional[Region]:
+        """The camera's own region, else the service's."""
+        return dict(self.regions_by_camera).get(camera, self.region) if camera else self.region
 
 
 PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
@@ -120,6 +168,17 @@ SERVICE_KEYS = (
     "camera_names",
     "exact_preprocessing",
     "num_threads",
+    "max_image_pixels",
+    "providers",
+    "strict_providers",
+    "camera_timeout_s",
+    "region",
+    "regions_by_camera",
+    "smoothing_window",
+    "label_hold_frames",
+    "label_confidences",
+    "allowed_labels",
+    "blocked_labels",
 ) + PREPROCESSING_KEYS
 DESCRIPTION_KEYS = ("labels_path", "labels", "head") + PREPROCESSING_KEYS
 
@@ -130,12 +189,11 @@ class _Reader:
     def __init__(self, values: Mapping[str, Any], source: str, known: tuple[str, ...]):
         self.values = values
         self.source = source
-        unknown = [k for k in values if k not in known]
-        if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys are: {', '.join(known)}"
-            raise ConfigError(f"{source} {key!r} is not recognized{hint}")
+        self.unknown = [f"{source} {key!r} is not recognized{_suggestion(key, known, 'keys')}" for key in values if key not in known]
+
+    def reject_unknown(self) -> None:
+        if self.unknown:
+            raise ConfigError(self.unknown[0])
 
     def fail(self, key: str, expected: str) -> ConfigError:
         return ConfigError(f"{self.source} {key!r} must be {expected}, got {self.values[key]!r}")
@@ -218,6 +276,17 @@ class _Reader:
             raise ConfigError(f"{self.source} {key!r}: no such file: {str(path)!r}")
         return path
 
+    def mapping(self, key: str) -> Optional[Mapping[str, Any]]:
+        if not self.present(key):
+            return None
+        value = self.values[key]
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) and k.strip() for k in value):
+            raise self.fail(key, "an object keyed by name")
+        return value
+
+    def region(self, key: str) -> Optional[Region]:
+        return parse_region(self.values[key], f"{self.source} {key!r}") if self.present(key) else None
+
     def preprocessing(self) -> Preprocessing:
         size = self.numbers("input_size", (2,), positive=True)
         if size is not None and any(v != int(v) for v in size):
@@ -233,8 +302,32 @@ class _Reader:
         )
 
 
+def _suggestion(name: str, known: Sequence[str], what: str) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return f"; known {what} are: {', '.join(known)}" if len(known) <= 30 else ""
+
+
+def parse_region(value: Any, source: str) -> Region:
+    """[x_min, y_min, x_max, y_max] in 0..1 of the frame, not empty and not inverted."""
+    expected = f"{source} must be [x_min, y_min, x_max, y_max] with 0 <= x_min < x_max <= 1 and 0 <= y_min < y_max <= 1"
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ConfigError(f"{expected}, got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+        raise ConfigError(f"{expected}, got {value!r}")
+    x_min, y_min, x_max, y_max = (float(v) for v in value)
+    if not (0.0 <= x_min < x_max <= 1.0 and 0.0 <= y_min < y_max <= 1.0):
+        raise ConfigError(f"{expected}, got {list(value)!r}")
+    return Region(x_min, y_min, x_max, y_max)
+
+
 def parse_service_config(attributes: Mapping[str, Any]) -> ServiceConfig:
-    """Parse a service's attributes (already converted from the protobuf Struct)."""
+    """Parse a service's attributes (already converted from the protobuf Struct).
+
+    An unrecognized attribute is not an error (a config written for a newer version
+    still loads) but is reported in `warnings`, with the closest known names.
+    """
     r = _Reader(attributes, "attribute", SERVICE_KEYS)
     camera_name = r.string("camera_name")
     camera_names = r.strings("camera_names") or ()
@@ -246,14 +339,69 @@ def parse_service_config(attributes: Mapping[str, Any]) -> ServiceConfig:
         preprocessing=r.preprocessing(),
         exact_preprocessing=bool(r.boolean("exact_preprocessing")),
         num_threads=r.integer("num_threads", 1),
+        max_image_pixels=r.integer("max_image_pixels", 1) or DEFAULT_MAX_IMAGE_PIXELS,
+        providers=_providers(r),
+        strict_providers=bool(r.boolean("strict_providers")),
     )
-    threshold = r.number("confidence_threshold", 0.0, 1.0)
-    return ServiceConfig(
+    config = ServiceConfig(
         classifier=classifier,
-        confidence_threshold=threshold or 0.0,
+        labels=_label_rules(r),
         camera_name=camera_name,
         camera_names=camera_names,
+        camera_timeout_s=r.number("camera_timeout_s", 0.0, 86400.0, low_open=True) or DEFAULT_CAMERA_TIMEOUT_S,
+        region=r.region("region"),
+        regions_by_camera=tuple(
+            (camera, parse_region(value, f"attribute 'regions_by_camera' entry {camera!r}"))
+            for camera, value in (r.mapping("regions_by_camera") or {}).items()
+        ),
+        smoothing_window=r.integer("smoothing_window", 1) or 1,
+        label_hold_frames=r.integer("label_hold_frames", 1) or 1,
+        warnings=tuple(r.unknown),
     )
+    for camera, _ in config.regions_by_camera:
+        if camera not in config.cameras:
+            configured = ", ".join(repr(c) for c in config.cameras) or "none"
+            raise ConfigError(
+                f"attribute 'regions_by_camera' names camera {camera!r}, which is not in 'camera_name' or "
+                f"'camera_names' (configured: {configured})"
+            )
+    return config
+
+
+def _providers(r: _Reader) -> tuple[str, ...]:
+    providers = r.strings("providers")
+    if providers is None:
+        return DEFAULT_PROVIDERS
+    if not providers:
+        raise r.fail("providers", "a non-empty list of onnxruntime execution provider names")
+    return tuple(dict.fromkeys(providers))
+
+
+def _label_rules(r: _Reader) -> LabelRules:
+    minimums = r.mapping("label_confidences") or {}
+    for label, minimum in minimums.items():
+        if isinstance(minimum, bool) or not isinstance(minimum, (int, float)) or not 0.0 <= minimum <= 1.0:
+            raise ConfigError(f"attribute 'label_confidences' entry {label!r} must be a number in [0, 1], got {minimum!r}")
+    allowed, blocked = r.strings("allowed_labels"), r.strings("blocked_labels") or ()
+    if allowed is not None and not allowed:
+        raise r.fail("allowed_labels", "a non-empty list of labels (leave it out to allow every label)")
+    return LabelRules(
+        confidence_threshold=r.number("confidence_threshold", 0.0, 1.0) or 0.0,
+        label_confidences=tuple((label.strip(), float(minimum)) for label, minimum in minimums.items()),
+        allowed_labels=allowed,
+        blocked_labels=blocked,
+    )
+
+
+def check_label_names(rules: LabelRules, labels: Sequence[str]) -> None:
+    """Every label the rules name must be one of the model's, else the closest real ones are suggested."""
+    known = set(labels)
+    named = [("label_confidences", label) for label, _ in rules.label_confidences]
+    named += [("allowed_labels", label) for label in rules.allowed_labels or ()]
+    named += [("blocked_labels", label) for label in rules.blocked_labels]
+    for key, label in named:
+        if label not in known:
+            raise ConfigError(f"attribute {key!r}: {label!r} is not a label of this model{_suggestion(label, labels, 'labels')}")
 
 
 def parse_model_description(values: Mapping[str, Any], source: str, base: Path) -> ModelDescription:
@@ -261,6 +409,7 @@ def parse_model_description(values: Mapping[str, Any], source: str, base: Path) 
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source} must be a JSON object, got {type(values).__name__}")
     r = _Reader(values, f"{source} key", DESCRIPTION_KEYS)
+    r.reject_unknown()
     return ModelDescription(
         preprocessing=r.preprocessing(),
         head=r.choice("head", Head),

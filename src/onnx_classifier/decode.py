@@ -23,12 +23,13 @@ class DecodeError(ValueError):
     """The bytes are not an image this service can read; the message says why."""
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Parse the header only: a JPEG's pixels are decoded later, at the scale the model needs."""
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Parse the header only: a JPEG's pixels are decoded later, at the scale the model needs.
+    An image of more than `max_pixels` pixels is refused from its header, before any decoding."""
     if not data:
         raise DecodeError("the image is empty (0 bytes)")
     if data.startswith(VIAM_RGBA_MAGIC):
-        return _viam_rgba(data)
+        return _viam_rgba(data, max_pixels)
     if data.startswith(JPEG_MAGIC):
         image_format = "JPEG"
     elif data.startswith(PNG_MAGIC):
@@ -43,6 +44,7 @@ def open_image(data: bytes) -> Image.Image:
         raise DecodeError(f"cannot read the {image_format} image ({len(data)} bytes): {e}") from e
     if image.width == 0 or image.height == 0:
         raise DecodeError(f"the {image_format} image has no pixels ({image.width}x{image.height})")
+    _check_size(image_format, image.width, image.height, max_pixels)
     # The whole file is in memory: hand it to the decoder in one piece, not in 64 KiB reads.
     image.decodermaxblock = max(image.decodermaxblock, len(data))
     return image
@@ -56,7 +58,14 @@ def load(image: Image.Image) -> None:
         raise DecodeError(f"cannot decode the {image.format or 'image'} data: {e}") from e
 
 
-def _viam_rgba(data: bytes) -> Image.Image:
+def _check_size(image_format: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise DecodeError(
+            f"the {image_format} image is {width}x{height} = {width * height} pixels, more than max_image_pixels ({max_pixels})"
+        )
+
+
+def _viam_rgba(data: bytes, max_pixels: int) -> Image.Image:
     if len(data) < VIAM_RGBA_HEADER.size:
         raise DecodeError(f"image/vnd.viam.rgba data is {len(data)} bytes, shorter than its 12-byte header")
     _, width, height = VIAM_RGBA_HEADER.unpack_from(data)
@@ -65,7 +74,6 @@ def _viam_rgba(data: bytes) -> Image.Image:
         raise DecodeError(
             f"image/vnd.viam.rgba header says {width}x{height} ({expected} bytes in all) but the data is {len(data)} bytes"
         )
-    if width * height > Image.MAX_IMAGE_PIXELS:
-        raise DecodeError(f"image/vnd.viam.rgba image of {width}x{height} pixels is too large")
+    _check_size("image/vnd.viam.rgba", width, height, max_pixels)
     pixels = memoryview(data)[VIAM_RGBA_HEADER.size :]
     return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from .config import Head
+from .config import Head, LabelRules, check_label_names
 
 # How far a vector's sum may stray from 1 and still count as a probability distribution.
 _DISTRIBUTION_TOLERANCE = 1e-3
@@ -59,14 +59,54 @@ def confidences(
     return np.clip(scores, 0.0, 1.0)
 
 
-def top_k(scores: np.ndarray, labels: Sequence[str], count: int, min_confidence: float = 0.0) -> list[Prediction]:
-    """At most `count` predictions at or above `min_confidence`, highest first (ties by class index)."""
+def top_k(
+    scores: np.ndarray,
+    labels: Sequence[str],
+    count: int,
+    minimums: Union[float, np.ndarray] = 0.0,
+    first: Optional[int] = None,
+) -> list[Prediction]:
+    """At most `count` predictions, each at or above its minimum (one for all classes, or one per
+    class), highest first with ties by class index; class `first`, if it passes, leads regardless."""
     if count <= 0:
         return []
-    if count < scores.size:
-        candidates = np.argpartition(-scores, count - 1)[:count]
+    candidates = np.flatnonzero(scores >= minimums)
+    if first is not None and first in candidates:
+        candidates = candidates[candidates != first]
+        count -= 1
+        lead = [first]
     else:
-        candidates = np.arange(scores.size)
-    candidates = candidates[scores[candidates] >= min_confidence]
-    order = candidates[np.lexsort((candidates, -scores[candidates]))]
+        lead = []
+    if count < candidates.size:
+        candidates = candidates[np.argpartition(-scores[candidates], count - 1)[:count]] if count > 0 else candidates[:0]
+    order = lead + list(candidates[np.lexsort((candidates, -scores[candidates]))])
     return [Prediction(labels[i], float(scores[i])) for i in order]
+
+
+class LabelFilter:
+    """Per-class minimum confidences from the label rules: `label_confidences` where listed,
+    `confidence_threshold` elsewhere, and never for labels not allowed or blocked."""
+
+    def __init__(self, rules: LabelRules, labels: Sequence[str]):
+        check_label_names(rules, labels)
+        minimums = np.full(len(labels), rules.confidence_threshold)
+        allowed = None if rules.allowed_labels is None else set(rules.allowed_labels)
+        overrides = dict(rules.label_confidences)
+        blocked = set(rules.blocked_labels)
+        for i, label in enumerate(labels):  # a label that appears twice gets the same rule in both places
+            if label in overrides:
+                minimums[i] = overrides[label]
+            if label in blocked or (allowed is not None and label not in allowed):
+                minimums[i] = np.inf
+        self.minimums = minimums
+        self.eligible = np.isfinite(minimums)
+        self.labels = tuple(labels)
+
+    def select(self, scores: np.ndarray, count: int, first: Optional[int] = None) -> list[Prediction]:
+        return top_k(scores, self.labels, count, self.minimums, first)
+
+    def best(self, scores: np.ndarray) -> Optional[int]:
+        """The highest-scoring class that may be reported at all (its minimum aside)."""
+        if not self.eligible.any():
+            return None
+        return int(np.argmax(np.where(self.eligible, scores, -np.inf)))

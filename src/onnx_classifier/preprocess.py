@@ -15,6 +15,7 @@ Both end in one fused multiply-add per channel that applies 1/255, mean and std.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -22,7 +23,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .config import ChannelOrder, Interpolation, Resize
+from .config import DEFAULT_MAX_IMAGE_PIXELS, ChannelOrder, Interpolation, Region, Resize
 from .cores import available_cores
 from .decode import load, open_image
 from .model import Layout, ResolvedModel
@@ -59,7 +60,8 @@ class Placement:
 
 
 class Preprocessor:
-    def __init__(self, model: ResolvedModel):
+    def __init__(self, model: ResolvedModel, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.max_image_pixels = max_image_pixels
         pre = model.preprocessing
         spec = model.spec
         self.input_size = model.input_size  # (height, width)
@@ -78,10 +80,18 @@ class Preprocessor:
         self.multiplier = (1.0 / (255.0 * std)).reshape(channel_shape)
         self.addend = (-mean / std).reshape(channel_shape)
 
-    def __call__(self, data: bytes) -> np.ndarray:
-        image = open_image(data)
-        pixels = self.exact_pixels(image) if self.exact else self.fast_pixels(image)
-        return self.to_tensor(pixels)
+    def __call__(self, data: bytes, region: Optional[Region] = None, timings: Optional[dict[str, float]] = None) -> np.ndarray:
+        """The input tensor for one encoded image, or for `region` of it; `timings` gets the
+        seconds spent decoding ("decode") and fitting the pixels to the model ("preprocess")."""
+        started = time.perf_counter()
+        image = open_image(data, self.max_image_pixels)
+        box = region.pixels(*image.size) if region is not None else None
+        pixels, decoded = self.exact_pixels(image, box) if self.exact else self.fast_pixels(image, box)
+        tensor = self.to_tensor(pixels)
+        if timings is not None:
+            timings["decode"] = decoded - started
+            timings["preprocess"] = time.perf_counter() - decoded
+        return tensor
 
     def placement(self, width: int, height: int) -> Placement:
         out_h, out_w = self.input_size
@@ -105,19 +115,23 @@ class Preprocessor:
         box = (left * fx, top * fy, (left + out_w) * fx, (top + out_h) * fy)
         return Placement(box, (out_w, out_h), (0, 0), resized_w / width, (resized_w, resized_h), (left, top))
 
-    def fast_pixels(self, image: Image.Image) -> Image.Image:
+    def fast_pixels(self, image: Image.Image, box: Optional[tuple[int, int, int, int]] = None) -> tuple[Image.Image, float]:
+        """The model's pixels and the time decoding ended; `box` limits the source to that part of the frame."""
         width, height = image.size
-        place = self.placement(width, height)
+        x0, y0, x1, y1 = box or (0, 0, width, height)
+        place = self.placement(x1 - x0, y1 - y0)
         if image.format == "JPEG" and place.scale * DRAFT_OVERSAMPLE < 1:
             wanted = (math.ceil(width * place.scale * DRAFT_OVERSAMPLE), math.ceil(height * place.scale * DRAFT_OVERSAMPLE))
             image.draft(self.mode, wanted)
         load(image)
+        decoded = time.perf_counter()
         if image.mode not in _RESIZABLE_MODES:
             image = image.convert(self.mode)
         fx, fy = image.width / width, image.height / height
         left, top, right, bottom = place.box
-        region = self._resize(image, place.size, (left * fx, top * fy, right * fx, bottom * fy))
-        return self._place(region.convert(self.mode) if region.mode != self.mode else region, place)
+        source = ((x0 + left) * fx, (y0 + top) * fy, (x0 + right) * fx, (y0 + bottom) * fy)
+        region = self._resize(image, place.size, source)
+        return self._place(region.convert(self.mode) if region.mode != self.mode else region, place), decoded
 
     def _resize(self, image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
         """Pillow resizes on one core. The top and bottom halves of the output, resized from the top
@@ -136,14 +150,17 @@ class Preprocessor:
         whole.paste(lower.result(), (0, upper_rows))
         return whole
 
-    def exact_pixels(self, image: Image.Image) -> Image.Image:
+    def exact_pixels(self, image: Image.Image, box: Optional[tuple[int, int, int, int]] = None) -> tuple[Image.Image, float]:
         load(image)
+        decoded = time.perf_counter()
         image = image.convert(self.mode) if image.mode != self.mode else image
+        if box is not None:
+            image = image.crop(box)
         place = self.placement(*image.size)
         if place.resized is None:
-            return self._place(image.resize(place.size, self.resample), place)
+            return self._place(image.resize(place.size, self.resample), place), decoded
         (left, top), (out_w, out_h) = place.crop_at, place.size
-        return image.resize(place.resized, self.resample).crop((left, top, left + out_w, top + out_h))
+        return image.resize(place.resized, self.resample).crop((left, top, left + out_w, top + out_h)), decoded
 
     def _place(self, region: Image.Image, place: Placement) -> Image.Image:
         if region.size == (self.input_size[1], self.input_size[0]):
