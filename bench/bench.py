@@ -1,6 +1,7 @@
 """Speed and memory of the classify path, against the physical limit of this machine.
 
-    .venv/bin/python bench/bench.py [--rounds 60] [--requests 1000] [--json bench/results/latest.json]
+    .venv/bin/python bench/bench.py [--rounds 60] [--requests 1000] [--providers CUDAExecutionProvider,CPUExecutionProvider]
+                                    [--json bench/results/latest.json]
 
 All timings are taken interleaved, round by round, in one run, and compared only as ratios:
 - floor:  onnxruntime `run` alone on a prepared tensor (the service's session and thread settings);
@@ -24,6 +25,8 @@ import json
 import math
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -105,20 +108,21 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, dict]:
     return rows
 
 
-async def measure(rounds: int, requests: int) -> dict:
+async def measure(rounds: int, requests: int, providers: list[str]) -> dict:
     frames = {}
     for width, height in JPEG_SIZES:
         frames[f"jpeg {width}x{height}"] = encoded(busy_frame(width, height), "JPEG")
     frames["png 1920x1080"] = encoded(busy_frame(1920, 1080), "PNG")
     camera_frame = frames[f"jpeg {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}"]
 
-    classifier = Classifier(parse_service_config({}).classifier)
+    attributes = {"camera_name": "cam", "providers": providers}
+    classifier = Classifier(parse_service_config(attributes).classifier)
     session = classifier._session
     tensor = classifier.preprocess(camera_frame)
-    results: dict = {"frames": {k: len(v) for k, v in frames.items()}}
+    results: dict = {"frames": {k: len(v) for k, v in frames.items()}, "providers_in_use": list(classifier.providers)}
 
     async with running_module([StillCamera("cam", camera_frame)]) as module:
-        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+        await module.add(attributes, [camera_dependency("cam")])
         vision = module.vision()
         images = {k: ViamImage(v, CameraMimeType.JPEG if k.startswith("jpeg") else CameraMimeType.PNG) for k, v in frames.items()}
 
@@ -162,12 +166,12 @@ async def measure(rounds: int, requests: int) -> dict:
     async with running_module([StillCamera("cam", camera_frame)]) as module:
         vision = module.vision()
         started = time.perf_counter()
-        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+        await module.add(attributes, [camera_dependency("cam")])
         await vision.get_classifications(images["jpeg 1920x1080"], 5)
         first_answer = time.perf_counter() - started
         await module.remove()
         started = time.perf_counter()
-        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+        await module.add(attributes, [camera_dependency("cam")])
         await vision.get_classifications(images["jpeg 1920x1080"], 5)
         readd = time.perf_counter() - started
     results["startup"] = {"add_to_first_answer_s": first_answer, "readd_to_first_answer_s": readd}
@@ -176,13 +180,17 @@ async def measure(rounds: int, requests: int) -> dict:
 
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, onnxruntime {ort.__version__}, Pillow {Image.__version__}"
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+    if gpu is not None and gpu.returncode == 0:
+        cpu += f" with {gpu.stdout.strip()}"
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, onnxruntime {ort.__version__}, Pillow {Image.__version__}"
 
 
 def report(results: dict) -> str:
     timings = results["timings"]
     lines = [
         f"machine: {results['machine']}",
+        f"execution providers in use: {', '.join(results['providers_in_use'])}",
         "",
         "| measurement | frame | bytes | median ms | p95 ms | x limit | x floor |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -222,9 +230,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--providers", default="CPUExecutionProvider", help="comma-separated, as the 'providers' attribute")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    results = asyncio.run(measure(args.rounds, args.requests))
+    results = asyncio.run(measure(args.rounds, args.requests, args.providers.split(",")))
     results["machine"] = machine()
     memory, startup = results["memory"], results["startup"]
     checks = {name: bool(check(results["timings"])) for name, check in TARGETS}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -32,6 +33,7 @@ from .config import (
     Resize,
     parse_model_description,
 )
+from .onnx_structure import load_structure
 
 
 class Layout(str, Enum):
@@ -43,6 +45,8 @@ SUPPORTED_INPUT_TYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np
 FLOAT_OUTPUT_TYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 QUANTIZED_OUTPUT_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
 
+# Constants of up to this many elements are read (scales, zero points); larger ones are weights.
+_MATERIALIZED_ELEMENTS = 4096
 # Ops that only reshape or retype scores: the producer of interest lies behind them.
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 _ACTIVATIONS = {"Softmax": Head.SOFTMAX, "Sigmoid": Head.SIGMOID, "QLinearSoftmax": Head.SOFTMAX, "QLinearSigmoid": Head.SIGMOID}
@@ -187,7 +191,7 @@ def inspect_model(path: Path, output_name: Optional[str]) -> ModelSpec:
 def _inspect_cached(path: Path, _stamps: tuple, output_name: Optional[str]) -> ModelSpec:
     where = f"model_path {str(path)!r}"
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = load_structure(path)
     except Exception as e:  # onnx raises DecodeError, OSError or its own errors for a bad file
         raise ConfigError(f"{where} is not a readable ONNX model: {e}") from e
     graph = model.graph
@@ -278,9 +282,10 @@ def _class_output(graph, output_name, where):
 
 
 def _constant_values(graph) -> dict[str, Optional[np.ndarray]]:
-    """Initializers and Constant outputs; only scalars and vectors are materialized (weights are not needed here)."""
+    """Initializers and Constant outputs; only small scalars and vectors (quantization parameters)
+    are materialized: weights are not needed here, and load_structure has left their values out."""
     values: dict[str, Optional[np.ndarray]] = {
-        t.name: numpy_helper.to_array(t) if len(t.dims) <= 1 else None for t in graph.initializer
+        t.name: numpy_helper.to_array(t) if _is_small_vector(t) else None for t in graph.initializer
     }
     for node in graph.node:
         if node.op_type == "Constant":
@@ -288,6 +293,14 @@ def _constant_values(graph) -> dict[str, Optional[np.ndarray]]:
                 if attr.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(attr.t)
     return values
+
+
+def _is_small_vector(tensor: onnx.TensorProto) -> bool:
+    return (
+        len(tensor.dims) <= 1
+        and math.prod(tensor.dims) <= _MATERIALIZED_ELEMENTS
+        and tensor.data_location != onnx.TensorProto.EXTERNAL
+    )
 
 
 def _producers(graph) -> dict[str, onnx.NodeProto]:

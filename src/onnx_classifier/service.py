@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import binascii
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, ClassVar, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
 
 import hyperframe.frame
 from grpclib import GRPCError, Status
@@ -25,12 +28,16 @@ from viam.resource.types import Model
 from viam.services.vision import CaptureAllResult, Vision
 from viam.utils import ValueTypes, struct_to_dict
 
-from .classifier import Classifier, SharedClassifiers
-from .config import ConfigError, ServiceConfig, parse_service_config
+from .classifier import Classifier, SharedClassifiers, validate_service_config
+from .config import ConfigError, Region, ServiceConfig, parse_region, parse_service_config
 from .cores import available_cores
 from .decode import DecodeError
-from .model import resolve_model
+from .head import LabelFilter
 from .paths import META_JSON
+from .smoothing import CameraSmoother
+from .stats import CallStats
+
+T = TypeVar("T")
 
 
 def _model_from_meta() -> str:
@@ -41,6 +48,7 @@ def _model_from_meta() -> str:
 
 # Route the core's logs (loggers under "onnx_classifier") to viam-server like the SDK's own.
 viam_logging.getLogger("onnx_classifier")
+LOGGER = viam_logging.getLogger(__name__)
 
 
 def _hex_prefix_repr(data: Optional[bytes]) -> str:
@@ -63,6 +71,9 @@ SHARED_CLASSIFIERS = SharedClassifiers()
 INFERENCE_POOL = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="onnx-classifier")
 # capture_all_from_camera has no count of its own: it returns the conventional top-5.
 CAPTURE_COUNT = 5
+# What a camera may send beside its colour image.
+NOT_COLOUR_TYPES = {"image/vnd.viam.dep", "pointcloud/pcd"}
+COMMANDS = ("info", "stats", "reset")
 
 
 class OnnxClassifier(Vision, EasyResource):
@@ -70,13 +81,17 @@ class OnnxClassifier(Vision, EasyResource):
 
     config: ServiceConfig
     classifier: Optional[Classifier]
+    label_filter: LabelFilter
     cameras: Mapping[str, Camera]
+    smoothers: dict[str, CameraSmoother]
+    stats: CallStats
 
     @classmethod
     def validate_config(cls, config: ComponentConfig) -> Tuple[Sequence[str], Sequence[str]]:
-        """Parse and check every attribute and the model file; the cameras are required dependencies."""
-        parsed = parse_service_config(struct_to_dict(config.attributes))
-        resolve_model(parsed.classifier)
+        """Check every attribute, the model file and the label names; the cameras are required dependencies."""
+        parsed, _ = validate_service_config(struct_to_dict(config.attributes))
+        for warning in parsed.warnings:
+            LOGGER.warning("vision service %r: %s (ignored)", config.name, warning)
         return list(parsed.cameras), []
 
     @classmethod
@@ -91,29 +106,83 @@ class OnnxClassifier(Vision, EasyResource):
         service = cls(config.name)
         service.config = parsed
         service.cameras = cameras
+        service.smoothers = {}
+        service.stats = CallStats()
         service.classifier = SHARED_CLASSIFIERS.acquire(parsed.classifier)
+        try:
+            service.label_filter = LabelFilter(parsed.labels, service.classifier.labels)
+        except ConfigError:
+            SHARED_CLASSIFIERS.release(service.classifier)
+            raise
         return service
 
     async def close(self) -> None:
         classifier, self.classifier = self.classifier, None
+        self.smoothers.clear()
         if classifier is not None:
             SHARED_CLASSIFIERS.release(classifier)
 
-    async def _classify(self, data: bytes, count: int, source: str) -> List[Classification]:
+    @property
+    def smoothing(self) -> bool:
+        return self.config.smoothing_window > 1 or self.config.label_hold_frames > 1
+
+    async def _observed(self, method: str, work: Callable[[dict[str, float]], Awaitable[T]]) -> T:
+        """Run one call, recording its stage timings and, if it fails, its status, for "stats"."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            result = await work(timings)
+        except ViamGRPCError as e:
+            self.stats.record(method, timings, e.grpc_code.name)
+            raise
+        except BaseException as e:
+            self.stats.record(method, timings, "CANCELLED" if isinstance(e, asyncio.CancelledError) else "UNKNOWN")
+            raise
+        timings["total"] = time.perf_counter() - started
+        self.stats.record(method, timings)
+        return result
+
+    async def _scores(self, data: bytes, region: Optional[Region], source: str, timings: dict[str, float]) -> np.ndarray:
         classifier = self.classifier
         if classifier is None:
             raise ViamGRPCError(f"vision service {self.name!r} is closed", Status.UNAVAILABLE)
         loop = asyncio.get_running_loop()
         try:
-            predictions = await loop.run_in_executor(
-                INFERENCE_POOL, classifier.classify, data, count, self.config.confidence_threshold
-            )
+            return await loop.run_in_executor(INFERENCE_POOL, classifier.image_scores, data, region, timings)
         except DecodeError as e:
             raise ViamGRPCError(f"{source}: {e}", Status.INVALID_ARGUMENT) from e
-        return [Classification(class_name=p.label, confidence=p.confidence) for p in predictions]
+        except Exception as e:
+            LOGGER.exception("vision service %r: classifying %s failed", self.name, source)
+            raise ViamGRPCError(f"{source}: the model failed on this image: {e}", Status.INTERNAL) from e
 
-    async def _frame(self, camera_name: str, timeout: Optional[float]) -> Tuple[str, ViamImage]:
-        """The camera's name and its first image; an empty name means the default camera."""
+    def _select(self, scores: np.ndarray, count: int, camera: Optional[str], smoothing: bool) -> List[Classification]:
+        held = None
+        if camera is not None and smoothing and self.smoothing:
+            smoother = self.smoothers.get(camera)
+            if smoother is None:
+                smoother = self.smoothers[camera] = CameraSmoother(self.config.smoothing_window, self.config.label_hold_frames)
+            scores, held = smoother.update(scores, self.label_filter.best)
+        return [
+            Classification(class_name=p.label, confidence=p.confidence)
+            for p in self.label_filter.select(scores, count, first=held)
+        ]
+
+    def _call_options(self, extra: Optional[Mapping[str, Any]], camera: Optional[str]) -> tuple[Optional[Region], bool]:
+        """The region and whether to smooth, from the call's `extra` over the configuration."""
+        extra = extra or {}
+        region = self.config.region_for(camera)
+        if extra.get("region") is not None:
+            try:
+                region = parse_region(extra["region"], "extra 'region'")
+            except ConfigError as e:
+                raise ViamGRPCError(str(e), Status.INVALID_ARGUMENT) from e
+        smoothing = extra.get("smoothing", True)
+        if not isinstance(smoothing, bool):
+            raise ViamGRPCError(f"extra 'smoothing' must be true or false, got {smoothing!r}", Status.INVALID_ARGUMENT)
+        return region, smoothing
+
+    async def _frame(self, camera_name: str, timeout: Optional[float], timings: dict[str, float]) -> Tuple[str, ViamImage]:
+        """The camera's name and its first colour image; an empty name means the default camera."""
         name = camera_name or self.config.camera_name
         if not name:
             raise ViamGRPCError(
@@ -123,13 +192,27 @@ class OnnxClassifier(Vision, EasyResource):
         if camera is None:
             configured = ", ".join(repr(c) for c in self.cameras) or "none"
             raise ViamGRPCError(f"camera {name!r} is not configured for this service; configured cameras: {configured}", Status.NOT_FOUND)
+        limit = self.config.camera_timeout_s if timeout is None else min(timeout, self.config.camera_timeout_s)
+        started = time.perf_counter()
         try:
-            images, _ = await camera.get_images(timeout=timeout)
+            # The camera's own timeout is only a request to it; wait_for makes sure a hung camera
+            # cannot hold this call (or the caller) past the limit.
+            images, _ = await asyncio.wait_for(camera.get_images(timeout=limit), limit)
+        except asyncio.TimeoutError as e:
+            raise ViamGRPCError(
+                f"camera {name!r} did not return an image within {limit:g} s "
+                f"(the call's deadline or 'camera_timeout_s' = {self.config.camera_timeout_s:g} s)",
+                Status.DEADLINE_EXCEEDED,
+            ) from e
         except Exception as e:
             raise ViamGRPCError(f"camera {name!r} did not return an image: {e}", Status.UNAVAILABLE) from e
+        finally:
+            timings["fetch"] = time.perf_counter() - started
         if not images:
             raise ViamGRPCError(f"camera {name!r} returned no images", Status.UNAVAILABLE)
-        return name, images[0]
+        # A camera may send a depth map or point cloud beside its colour image: take the first that is not one.
+        image = next((i for i in images if str(i.mime_type) not in NOT_COLOUR_TYPES), images[0])
+        return name, image
 
     async def get_classifications(
         self,
@@ -140,7 +223,12 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> List[Classification]:
-        return await self._classify(image.data, count, "image")
+        async def work(timings: dict[str, float]) -> List[Classification]:
+            region, _ = self._call_options(extra, None)
+            scores = await self._scores(image.data, region, "image", timings)
+            return self._select(scores, count, None, False)
+
+        return await self._observed("get_classifications", work)
 
     async def get_classifications_from_camera(
         self,
@@ -151,8 +239,13 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> List[Classification]:
-        name, frame = await self._frame(camera_name, timeout)
-        return await self._classify(frame.data, count, f"image from camera {name!r}")
+        async def work(timings: dict[str, float]) -> List[Classification]:
+            name, frame = await self._frame(camera_name, timeout, timings)
+            region, smoothing = self._call_options(extra, name)
+            scores = await self._scores(frame.data, region, f"image from camera {name!r}", timings)
+            return self._select(scores, count, name, smoothing)
+
+        return await self._observed("get_classifications_from_camera", work)
 
     async def capture_all_from_camera(
         self,
@@ -167,14 +260,19 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> CaptureAllResult:
-        # Data capture asks for everything; what a classifier cannot give stays None.
-        name, frame = await self._frame(camera_name, timeout)
-        result = CaptureAllResult()
-        if return_image:
-            result.image = frame
-        if return_classifications:
-            result.classifications = await self._classify(frame.data, CAPTURE_COUNT, f"image from camera {name!r}")
-        return result
+        async def work(timings: dict[str, float]) -> CaptureAllResult:
+            # Data capture asks for everything; what a classifier cannot give stays None.
+            name, frame = await self._frame(camera_name, timeout, timings)
+            result = CaptureAllResult()
+            if return_image:
+                result.image = frame
+            if return_classifications:
+                region, smoothing = self._call_options(extra, name)
+                scores = await self._scores(frame.data, region, f"image from camera {name!r}", timings)
+                result.classifications = self._select(scores, CAPTURE_COUNT, name, smoothing)
+            return result
+
+        return await self._observed("capture_all_from_camera", work)
 
     async def get_properties(
         self,
@@ -204,7 +302,44 @@ class OnnxClassifier(Vision, EasyResource):
         raise MethodNotImplementedError("get_detections_3d")
 
     async def do_command(self, command: Mapping[str, ValueTypes], *, timeout=None, **kwargs) -> Mapping[str, ValueTypes]:
-        raise MethodNotImplementedError("do_command")
+        """"info": what is loaded and how it runs; "stats": calls, errors and stage latencies;
+        "reset": clear the stats and every camera's smoothing state."""
+        name = command.get("command")
+        if name == "info":
+            classifier = self.classifier
+            if classifier is None:
+                raise ViamGRPCError(f"vision service {self.name!r} is closed", Status.UNAVAILABLE)
+            info = dict(await asyncio.to_thread(classifier.info))  # hashes the model file once
+            info["service"] = self._service_info()
+            return info
+        if name == "stats":
+            return self.stats.report()
+        if name == "reset":
+            self.stats.reset()
+            self.smoothers.clear()
+            return {"reset": ["stats", "smoothing"]}
+        known = ", ".join(repr(c) for c in COMMANDS)
+        raise ViamGRPCError(f"unknown command {name!r}: send {{\"command\": ...}} with one of {known}", Status.INVALID_ARGUMENT)
+
+    def _service_info(self) -> dict[str, Any]:
+        config, rules = self.config, self.config.labels
+
+        def region(r: Optional[Region]) -> Optional[list[float]]:
+            return None if r is None else [r.x_min, r.y_min, r.x_max, r.y_max]
+
+        return {
+            "cameras": list(config.cameras),
+            "default_camera": config.camera_name,
+            "camera_timeout_s": config.camera_timeout_s,
+            "region": region(config.region),
+            "regions_by_camera": {camera: region(r) for camera, r in config.regions_by_camera},
+            "smoothing_window": config.smoothing_window,
+            "label_hold_frames": config.label_hold_frames,
+            "confidence_threshold": rules.confidence_threshold,
+            "label_confidences": dict(rules.label_confidences),
+            "allowed_labels": None if rules.allowed_labels is None else list(rules.allowed_labels),
+            "blocked_labels": list(rules.blocked_labels),
+        }
 
 
 class ClassifierModule(Module):
