@@ -6,16 +6,38 @@ set -euo pipefail
 
 MODULE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$MODULE_DIR/.venv"
-# The stamp records which pyproject.toml the environment was built from, so an
-# upgraded module rebuilds it and an interrupted install is never mistaken for a finished one.
+# The stamp records which pyproject.toml (and which bundled wheelhouse, if any) the environment was
+# built from, so an upgraded module rebuilds it and an interrupted install is never mistaken for a
+# finished one.
 STAMP="$VENV/.installed-from"
 LOCK="$MODULE_DIR/.venv.lock"
+# An offline bundle (build.sh --wheels) carries every wheel for one platform and Python version;
+# its manifest names them.
+WHEELS="$MODULE_DIR/wheels"
+MANIFEST="$WHEELS/manifest.txt"
 
 log() { echo "onnx-classifier: $*" >&2; }
 
+# Reads platform= and python= from the wheelhouse manifest into wheels_platform and wheels_python.
+read_manifest() {
+    local key value
+    wheels_platform="" wheels_python=""
+    while IFS='=' read -r key value; do
+        case "$key" in
+            platform) wheels_platform="$value" ;;
+            python) wheels_python="$value" ;;
+        esac
+    done <"$MANIFEST"
+}
+
 find_python() {
-    local candidate
-    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11 python3.10 python; do
+    local candidate preferred=""
+    # With a wheelhouse, the Python it was built for is the one that can use it, if installed.
+    if [ -f "$MANIFEST" ]; then
+        read_manifest
+        preferred="python$wheels_python"
+    fi
+    for candidate in "${PYTHON:-}" $preferred python3 python3.13 python3.12 python3.11 python3.10 python; do
         [ -n "$candidate" ] || continue
         if command -v "$candidate" >/dev/null 2>&1 &&
             "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
@@ -26,7 +48,45 @@ find_python() {
     return 1
 }
 
-wanted_stamp() { cksum <"$MODULE_DIR/pyproject.toml"; }
+wanted_stamp() {
+    cksum <"$MODULE_DIR/pyproject.toml"
+    if [ -f "$MANIFEST" ]; then cksum <"$MANIFEST"; fi
+}
+
+# "linux/amd64 3.11": this machine's platform as Viam names it (as build.sh does) and the Python version.
+describe_target() {
+    "$1" -c '
+import platform, sys
+machine = platform.machine().lower()
+arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+print(f"{platform.system().lower()}/{arch} {sys.version_info[0]}.{sys.version_info[1]}")'
+}
+
+# Installs the module with its dependencies: from the bundled wheelhouse with the index switched off
+# when the bundle was built for this machine, from the package index otherwise. A wheelhouse for
+# another machine falls back to the index rather than failing: a bundle that no longer matches the
+# robot's Python (an OS upgrade) still installs wherever the index is reachable.
+install_module() {
+    local here_platform here_python
+    if [ -f "$MANIFEST" ]; then
+        read_manifest
+        read -r here_platform here_python < <(describe_target "$VENV/bin/python")
+        if [ "$here_platform $here_python" = "$wheels_platform $wheels_python" ]; then
+            log "installing from the bundled wheels (no network needed)"
+            if ! "$VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" -e "$MODULE_DIR"; then
+                log "installing from the bundled wheels in $WHEELS failed (pip's error is above)"
+                exit 1
+            fi
+            return 0
+        fi
+        log "the bundled wheels are for $wheels_platform Python $wheels_python, but this machine is $here_platform Python $here_python; installing from the package index instead"
+        log "for an offline install, upload a bundle built with: ./build.sh --wheels --platform $here_platform --python $here_python"
+    fi
+    if ! "$VENV/bin/python" -m pip install --quiet -e "$MODULE_DIR"; then
+        log "installing from the package index failed (pip's error is above); is the network up?"
+        exit 1
+    fi
+}
 
 environment_ready() { [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(wanted_stamp)" ]; }
 
@@ -49,7 +109,7 @@ build_environment() {
         rm -rf "$VENV"
     fi
     "$python" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet -e "$MODULE_DIR"
+    install_module
     wanted_stamp >"$STAMP"
     log "environment ready"
 }

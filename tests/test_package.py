@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,90 @@ def test_two_first_starts_race_safely_then_the_module_serves(unpacked):
             assert cat[0].class_name in {"Egyptian cat", "tabby", "tiger cat"}
 
     asyncio.run(serve())
+
+
+# What a robot with no network sees: pip may use no index (an unreachable one, to be sure that
+# PIP_NO_INDEX is not what keeps it offline), no find-links and no config file (this machine's pip
+# config points at local wheel folders).
+OFFLINE = {
+    "PIP_NO_INDEX": "1",
+    "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+    "PIP_EXTRA_INDEX_URL": "",
+    "PIP_FIND_LINKS": "",
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_RETRIES": "0",
+}
+
+
+def this_target() -> tuple[str, str]:
+    """This machine's platform as Viam names it and its Python version, as build.sh's default target."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+    return f"{platform.system().lower()}/{arch}", f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def test_an_offline_bundle_installs_and_serves_with_no_index(tmp_path):
+    # The wheels come from the package index (pip's cache makes a rebuild quick).
+    build = subprocess.run(
+        ["./build.sh", "--wheels"], cwd=PROJECT_ROOT, env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    target_platform, target_python = this_target()
+    bundle = PROJECT_ROOT / f"module-{target_platform.replace('/', '-')}-py{target_python}.tar.gz"
+    assert f"built {bundle.name}" in build.stdout
+    with tarfile.open(bundle) as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    assert REQUIRED | {"wheels/manifest.txt"} <= names
+    assert any(n.startswith("wheels/onnxruntime-") and n.endswith(".whl") for n in names)
+    manifest = (tmp_path / "wheels" / "manifest.txt").read_text().splitlines()
+    assert manifest[:2] == [f"platform={target_platform}", f"python={target_python}"]
+
+    # The first start installs from the wheelhouse while viam-server waits for the socket.
+    async def serve():
+        command = [str(tmp_path / "run.sh")]
+        async with running_module([StillCamera("cam", photo("rocket.jpg"))], command, OFFLINE, 600) as module:
+            await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+            assert (await module.vision().get_classifications_from_camera("cam", 1))[0].class_name == "missile"
+            assert "installing from the bundled wheels" in module.log()
+
+    asyncio.run(serve())
+    again = subprocess.run(
+        [str(tmp_path / "run.sh"), "classify", "-n", "1", str(DATA / "coffee.png")],
+        env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=120,
+    )
+    assert again.returncode == 0 and again.stdout.startswith("espresso: "), again.stderr
+    assert "setting up" not in again.stderr
+
+
+def test_run_sh_refuses_a_wheelhouse_for_another_target(tmp_path):
+    module = tmp_path / "module"
+    module.mkdir()
+    for name in ("run.sh", "pyproject.toml"):
+        shutil.copy(PROJECT_ROOT / name, module)
+    target_platform, target_python = this_target()
+    other = "linux/arm64" if target_platform == "linux/amd64" else "linux/amd64"
+    (module / "wheels").mkdir()
+    (module / "wheels" / "manifest.txt").write_text(f"platform={other}\npython={target_python}\n")
+    result = subprocess.run(
+        [str(module / "run.sh"), "classify", str(DATA / "coffee.png")],
+        env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=300,
+    )
+    # It falls back to the package index, which this test has made unreachable.
+    assert result.returncode == 1
+    assert (
+        f"onnx-classifier: the bundled wheels are for {other} Python {target_python}, "
+        f"but this machine is {target_platform} Python {target_python}; installing from the package index instead"
+    ) in result.stderr, result.stderr
+    assert f"./build.sh --wheels --platform {target_platform} --python {target_python}" in result.stderr
+    assert "onnx-classifier: installing from the package index failed" in result.stderr
+    assert not (module / ".venv.lock").exists()
+
+
+def test_build_sh_rejects_an_unknown_target():
+    for args in (["--platform", "windows/amd64"], ["--python", "3.9"]):
+        result = subprocess.run(["./build.sh", "--wheels", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and "unsupported" in result.stderr
 
 
 def run_sh_with_fake_python(folder: Path, python_script: str) -> subprocess.CompletedProcess:
