@@ -80,6 +80,7 @@ class ModelDescription:
     head: Optional[Head] = None
     labels: Optional[tuple[str, ...]] = None
     labels_path: Optional[Path] = None
+    labels_source: Optional[str] = None  # where `labels` came from, for messages; None: the description's keys
 
 
 @dataclass(frozen=True)
@@ -208,12 +209,17 @@ class _Reader:
             raise self.fail(key, "a list of non-empty strings")
         return tuple(v.strip() for v in value)
 
-    def path(self, key: str, base: Path) -> Optional[Path]:
+    def path(self, key: str, base: Path, *, in_folder: Optional[str] = None) -> Optional[Path]:
+        """A file; with `in_folder`, a folder may be named instead and stands for that file in it."""
         text = self.string(key)
         if text is None:
             return None
         path = Path(os.path.expanduser(text))
         path = path if path.is_absolute() else base / path
+        if in_folder is not None and path.is_dir():
+            if not (path / in_folder).is_file():
+                raise ConfigError(f"{self.source} {key!r}: folder {str(path)!r} has no {in_folder}")
+            path = path / in_folder
         if not path.is_file():
             raise ConfigError(f"{self.source} {key!r}: no such file: {str(path)!r}")
         return path
@@ -239,7 +245,8 @@ def parse_service_config(attributes: Mapping[str, Any]) -> ServiceConfig:
     camera_name = r.string("camera_name")
     camera_names = r.strings("camera_names") or ()
     classifier = ClassifierConfig(
-        model_path=r.path("model_path", MODULE_ROOT) or BUNDLED_MODEL,
+        # A folder is a Hugging Face export (optimum-cli export onnx), whose model is model.onnx.
+        model_path=r.path("model_path", MODULE_ROOT, in_folder="model.onnx") or BUNDLED_MODEL,
         labels_path=r.path("labels_path", MODULE_ROOT),
         output_name=r.string("output_name"),
         head=r.choice("head", Head),
