@@ -84,7 +84,8 @@ class _Fields:
         return self.values.get(key)
 
     def flag(self, key: str, *, absent: Optional[bool] = None) -> bool:
-        value = self.values.get(key, absent)
+        value = self.values.get(key)
+        value = absent if value is None else value  # transformers writes null for a step a class lacks
         if not isinstance(value, bool):
             raise self.fail(key, "must be true or false")
         return value
