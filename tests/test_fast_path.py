@@ -66,8 +66,9 @@ def test_exact_path_is_the_textbook_recipe(fast_and_exact):
     exact = fast_and_exact[1]
     for _, data in camera_frames(4, seed=2):
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        scale = 256 / min(image.size)
-        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+        width, height = image.size
+        size = (256, round(height * 256 / width)) if width <= height else (round(width * 256 / height), 256)
+        resized = image.resize(size, Image.Resampling.BILINEAR)
         left, top = round((resized.width - 224) / 2), round((resized.height - 224) / 2)
         pixels = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float32) / 255
         expected = ((pixels - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None]

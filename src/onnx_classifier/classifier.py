@@ -16,7 +16,7 @@ import onnxruntime as ort
 from .config import ClassifierConfig, ConfigError, Head, Region, ServiceConfig, check_label_names, parse_service_config
 from .cores import available_cores
 from .head import Prediction, confidences, is_distribution, top_k
-from .model import Layout, ResolvedModel, file_stamps, resolve_model, sidecar_path
+from .model import Layout, ResolvedModel, description_files, file_stamps, resolve_model
 from .preprocess import Preprocessor
 
 __all__ = ["Classifier", "Prediction", "SharedClassifiers"]
@@ -222,7 +222,7 @@ class SharedClassifiers:
 
     @staticmethod
     def _key(config: ClassifierConfig) -> tuple:
-        return config, file_stamps(config.model_path, config.labels_path, sidecar_path(config.model_path))
+        return config, file_stamps(config.model_path, config.labels_path, *description_files(config.model_path))
 
     def acquire(self, config: ClassifierConfig) -> Classifier:
         key = self._key(config)

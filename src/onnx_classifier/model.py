@@ -21,11 +21,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import hf
 from .config import (
     DESCRIPTION_KEYS,
     ChannelOrder,
     ClassifierConfig,
     ConfigError,
+    CropRounding,
     Head,
     Interpolation,
     ModelDescription,
@@ -66,6 +68,7 @@ _QUANTIZED_OUTPUT_PARAMS = {
 DEFAULT_PREPROCESSING = Preprocessing(
     resize=Resize.STRETCH,
     crop_fraction=0.875,
+    crop_rounding=CropRounding.ROUND,
     mean=(0.0,),
     std=(1.0,),
     channel_order=ChannelOrder.RGB,
@@ -137,7 +140,7 @@ def resolve_model(config: ClassifierConfig) -> ResolvedModel:
         labels_source = f"the model description's labels_path ({description.labels_path})"
     else:
         labels = description.labels
-        labels_source = "the model description's labels"
+        labels_source = description.labels_source or "the model description's labels"
     if labels is not None and spec.num_classes is not None and len(labels) != spec.num_classes:
         raise ConfigError(
             f"{labels_source} has {len(labels)} labels but output {spec.output_name!r} has {spec.num_classes} classes"
@@ -171,6 +174,12 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
+def description_files(model_path: Path) -> tuple[Path, ...]:
+    """Every file beside the model that may describe it, present or not: what the caches watch."""
+    folder = model_path.parent
+    return (sidecar_path(model_path), folder / hf.CONFIG_FILE, folder / hf.PREPROCESSOR_FILE)
+
+
 def file_stamps(*paths: Optional[Path]) -> tuple:
     """What changes when any of these files is edited or replaced (None for an absent file)."""
     stamps = []
@@ -184,7 +193,7 @@ def file_stamps(*paths: Optional[Path]) -> tuple:
 
 
 def inspect_model(path: Path, output_name: Optional[str]) -> ModelSpec:
-    return _inspect_cached(path, file_stamps(path, sidecar_path(path)), output_name)
+    return _inspect_cached(path, file_stamps(path, *description_files(path)), output_name)
 
 
 @functools.lru_cache(maxsize=8)
@@ -334,7 +343,8 @@ def _output_quantization(graph, constants, output: str) -> Optional[tuple[float,
 
 
 def _description(path: Path, model: onnx.ModelProto) -> ModelDescription:
-    """The sidecar `<model>.json` beside the file, over the model's ONNX metadata."""
+    """The sidecar `<model>.json` beside the file, over a Hugging Face export's config.json and
+    preprocessor_config.json beside it (both there), over the model's ONNX metadata."""
     metadata = {}
     for prop in model.metadata_props:
         if prop.key in DESCRIPTION_KEYS and prop.key != "labels_path":
@@ -343,18 +353,27 @@ def _description(path: Path, model: onnx.ModelProto) -> ModelDescription:
             except json.JSONDecodeError:
                 metadata[prop.key] = prop.value
     description = parse_model_description(metadata, f"ONNX metadata of {str(path)!r}", path.parent)
+    export = hf.export_files(path)
+    if export is not None:
+        description = _over(hf.read_export(*export), description)
     sidecar_file = sidecar_path(path)
-    if not sidecar_file.is_file():
-        return description
-    try:
-        values = json.loads(sidecar_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"model sidecar {str(sidecar_file)!r} is not valid JSON: {e}") from e
-    sidecar = parse_model_description(values, f"model sidecar {str(sidecar_file)!r}", sidecar_file.parent)
-    has_own_labels = sidecar.labels is not None or sidecar.labels_path is not None
+    if sidecar_file.is_file():
+        try:
+            values = json.loads(sidecar_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"model sidecar {str(sidecar_file)!r} is not valid JSON: {e}") from e
+        sidecar = parse_model_description(values, f"model sidecar {str(sidecar_file)!r}", sidecar_file.parent)
+        description = _over(sidecar, description)
+    return description
+
+
+def _over(upper: ModelDescription, lower: ModelDescription) -> ModelDescription:
+    """One description's values where it has them, the other's elsewhere; labels come whole from one."""
+    has_own_labels = upper.labels is not None or upper.labels_path is not None
     return ModelDescription(
-        preprocessing=sidecar.preprocessing.over(description.preprocessing),
-        head=sidecar.head or description.head,
-        labels=sidecar.labels if has_own_labels else description.labels,
-        labels_path=sidecar.labels_path,
+        preprocessing=upper.preprocessing.over(lower.preprocessing),
+        head=upper.head or lower.head,
+        labels=upper.labels if has_own_labels else lower.labels,
+        labels_path=upper.labels_path if has_own_labels else lower.labels_path,
+        labels_source=upper.labels_source if has_own_labels else lower.labels_source,
     )

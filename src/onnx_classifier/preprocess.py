@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from .config import DEFAULT_MAX_IMAGE_PIXELS, ChannelOrder, Interpolation, Region, Resize
+from .config import DEFAULT_MAX_IMAGE_PIXELS, ChannelOrder, CropRounding, Interpolation, Region, Resize
 from .cores import available_cores
 from .decode import load, open_image
 from .model import Layout, ResolvedModel
@@ -67,6 +67,7 @@ class Preprocessor:
         self.input_size = model.input_size  # (height, width)
         self.resize = pre.resize
         self.crop_fraction = pre.crop_fraction
+        self.crop_rounding = pre.crop_rounding
         self.resample = _RESAMPLE[pre.interpolation]
         self.mode = "L" if spec.channels == 1 else "RGB"
         self.bgr = pre.channel_order is ChannelOrder.BGR and spec.channels == 3
@@ -102,15 +103,17 @@ class Preprocessor:
             size = (max(1, min(out_w, round(width * scale))), max(1, min(out_h, round(height * scale))))
             offset = ((out_w - size[0]) // 2, (out_h - size[1]) // 2)
             return Placement((0.0, 0.0, float(width), float(height)), size, offset, scale)
-        # center_crop: resize to cover size / crop_fraction keeping the aspect ratio (the other
-        # side rounded), then take the centre at a rounded offset, as torchvision's CenterCrop.
-        # The source box is exactly that crop, so resizing the box alone gives the same pixels.
+        # center_crop: resize to cover size / crop_fraction keeping the aspect ratio, then take the
+        # centre; the long side and the offset are rounded (crop_rounding "round") or truncated as
+        # Hugging Face's image processors do ("floor"). The source box is exactly that crop, so
+        # resizing the box alone gives the same pixels.
+        whole = round if self.crop_rounding is CropRounding.ROUND else math.floor
         cover_w, cover_h = math.floor(out_w / self.crop_fraction), math.floor(out_h / self.crop_fraction)
         if cover_w / width >= cover_h / height:
-            resized_w, resized_h = cover_w, max(cover_h, round(height * cover_w / width))
+            resized_w, resized_h = cover_w, max(cover_h, whole(height * cover_w / width))
         else:
-            resized_w, resized_h = max(cover_w, round(width * cover_h / height)), cover_h
-        left, top = int(round((resized_w - out_w) / 2)), int(round((resized_h - out_h) / 2))
+            resized_w, resized_h = max(cover_w, whole(width * cover_h / height)), cover_h
+        left, top = int(whole((resized_w - out_w) / 2)), int(whole((resized_h - out_h) / 2))
         fx, fy = width / resized_w, height / resized_h
         box = (left * fx, top * fy, (left + out_w) * fx, (top + out_h) * fy)
         return Placement(box, (out_w, out_h), (0, 0), resized_w / width, (resized_w, resized_h), (left, top))
