@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional, Sequence, TextIO
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
 from .classifier import Classifier, validate_service_config
 from .config import ConfigError, ServiceConfig
@@ -322,7 +322,10 @@ def annotated_image(data: bytes, predictions: Sequence[Prediction], max_pixels: 
     result = Image.alpha_composite(canvas, overlay)
     buffer = io.BytesIO()
     if source_format == "JPEG":
-        result.convert("RGB").save(buffer, "JPEG", quality=95)
+        # The source's own quantization tables and chroma subsampling: the copy looks as good as the original.
+        sampling = JpegImagePlugin.get_sampling(image)
+        options = {"qtables": image.quantization, **({"subsampling": sampling} if sampling >= 0 else {})}
+        result.convert("RGB").save(buffer, "JPEG", **options)
     else:
         (result if has_alpha else result.convert("RGB")).save(buffer, "PNG")
     return buffer.getvalue(), source_format or "PNG"
