@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="text: 'label: confidence' lines; json: one JSON object per image (JSON Lines); "
         "csv: path,rank,label,confidence,error rows (default text)",
     )
+    parser.add_argument(
+        "--info", action="store_true",
+        help="print what the service's do_command {\"command\": \"info\"} returns for this configuration, then exit",
+    )
 
     attributes = parser.add_argument_group(
         "service attributes",
@@ -76,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--attributes", metavar="JSON",
         help='service attributes as JSON, e.g. \'{"model_path": "/models/my.onnx", "head": "sigmoid"}\'',
     )
-    attributes.add_argument("--model", metavar="ONNX", help="model_path")
-    attributes.add_argument("--labels", metavar="FILE", help="labels_path")
-    attributes.add_argument("--head", metavar="{auto,softmax,sigmoid,none}", help="head")
-    attributes.add_argument("--threshold", type=float, metavar="CONFIDENCE", help="confidence_threshold, 0 to 1")
+    attributes.add_argument("--model", metavar="ONNX", help="model_path: the ONNX classifier file")
+    attributes.add_argument("--labels", metavar="FILE", help="labels_path: one label per line")
+    attributes.add_argument("--head", metavar="{auto,softmax,sigmoid,none}", help="head: how scores become confidences")
+    attributes.add_argument("--threshold", type=float, metavar="CONFIDENCE", help="confidence_threshold: drop results below it (0 to 1)")
     attributes.add_argument(
         "--region", type=float, nargs=4, metavar=("X_MIN", "Y_MIN", "X_MAX", "Y_MAX"),
         help="region: classify only this part of each image, in fractions 0..1 of its width and height",
@@ -93,10 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument(
         "--sort-into", metavar="OUT_DIR", type=Path,
         help=f"copy each image into OUT_DIR/<top label>/, or OUT_DIR/{UNCERTAIN_FOLDER}/ when no label passes the threshold",
-    )
-    outputs.add_argument(
-        "--info", action="store_true",
-        help="print what the service's do_command {\"command\": \"info\"} returns for this configuration, then exit",
     )
     return parser
 
@@ -440,8 +440,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 classified += 1
                 classify_seconds += seconds
             writer.write(outcome)
-        progress.show(total, "")
-        progress.clear()
     except KeyboardInterrupt:
         progress.clear()
         print("interrupted", file=err)
