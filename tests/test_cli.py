@@ -345,6 +345,17 @@ def test_sort_into_makes_safe_folder_names_from_any_label(capsys, tmp_path, smal
     assert all(p.parent == sorted_dir for p in sorted_dir.iterdir())  # no label reached outside or nested
 
 
+def test_a_copy_that_cannot_be_written_is_an_error_but_the_results_are_kept(capsys, tmp_path):
+    sorted_dir = tmp_path / "sorted"
+    sorted_dir.mkdir()
+    (sorted_dir / "espresso").write_text("a file where the label's folder would go")
+    status, out, err = run(capsys, "--sort-into", sorted_dir, "--format", "json", "-n", 1, DATA / "coffee.png")
+    assert status == 1
+    record = json.loads(out)
+    assert record["classifications"][0]["label"] == "espresso" and "cannot write" in record["error"]
+    assert f"error: {DATA / 'coffee.png'}: cannot write" in err
+
+
 @pytest.mark.parametrize(
     "label, folder",
     [("red/ish", "red_ish"), ("blue: deep", "blue_ deep"), ("..", "_"), (".hidden", "hidden"), ("coffee mug", "coffee mug")],

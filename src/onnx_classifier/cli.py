@@ -214,27 +214,25 @@ class RecordWriter:
             self.csv.writerow(["path", "rank", "label", "confidence", "error"])
 
     def write(self, outcome: Outcome) -> None:
-        path = str(outcome.path)
-        predictions = outcome.predictions or []
+        """An image that was classified but whose copy could not be written has both its results and the error."""
+        path, predictions, error = str(outcome.path), outcome.predictions, outcome.error
         if self.format == "json":
             record: dict[str, Any] = {"path": path}
-            if outcome.error is not None:
-                record["error"] = outcome.error
-            else:
+            if predictions is not None:
                 record["classifications"] = [{"label": p.label, "confidence": p.confidence} for p in predictions]
+            if error is not None:
+                record["error"] = error
             if outcome.annotated is not None:
                 record["annotated"] = str(outcome.annotated)
             if outcome.sorted_copy is not None:
                 record["sorted_copy"] = str(outcome.sorted_copy)
             self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
         elif self.format == "csv":
-            if outcome.error is not None:
-                self.csv.writerow([path, "", "", "", outcome.error])
-            elif not predictions:  # every classified image has a row, even with nothing above the threshold
-                self.csv.writerow([path, "", "", "", ""])
-            for rank, p in enumerate(predictions, 1):
-                self.csv.writerow([path, rank, p.label, p.confidence, ""])
-        elif outcome.error is None:  # text: the error is on stderr already
+            rows = [[path, rank, p.label, p.confidence] for rank, p in enumerate(predictions or [], 1)]
+            # Every image has a row, even one with nothing above the threshold or nothing read.
+            for row in rows or [[path, "", "", ""]]:
+                self.csv.writerow(row + [error or ""])
+        elif predictions is not None:  # text: errors are on stderr only
             if self.several:
                 self.out.write(f"{path}:\n")
             lines = [f"{p.label}: {p.confidence:.2f}\n" for p in predictions] or ["(no label passes the threshold)\n"]
