@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
@@ -247,12 +247,9 @@ class Progress:
         self.stream = stream
         self.total = total
         self.enabled = enabled
-        self.done = 0
-        self.current = ""
         self.width = 0
 
     def show(self, done: int, current: str) -> None:
-        self.done, self.current = done, current
         if not self.enabled:
             return
         columns = shutil.get_terminal_size().columns
@@ -269,28 +266,20 @@ class Progress:
             self.stream.flush()
             self.width = 0
 
-    def redraw(self) -> None:
-        self.show(self.done, self.current)
 
-
-def create_unique(folder: Path, name: str) -> tuple[Path, BinaryIO]:
-    """A new file `name` in `folder`, or `stem-1.ext`, `stem-2.ext`... when that name is taken.
+def write_unique(folder: Path, name: str, data: bytes) -> Path:
+    """`data` in a new file `name` in `folder`, or `stem-1.ext`, `stem-2.ext`... when that name is taken.
     Exclusive creation, so that no existing file (an original included) is ever overwritten."""
     stem, suffix = os.path.splitext(name)
     attempt = 0
     while True:
         path = folder / (name if attempt == 0 else f"{stem}-{attempt}{suffix}")
         try:
-            return path, open(path, "xb")
+            with open(path, "xb") as file:
+                file.write(data)
+            return path
         except FileExistsError:
             attempt += 1
-
-
-def write_unique(folder: Path, name: str, data: bytes) -> Path:
-    path, file = create_unique(folder, name)
-    with file:
-        file.write(data)
-    return path
 
 
 def folder_name(label: str) -> str:
@@ -367,6 +356,8 @@ class Run:
                 folder.mkdir(exist_ok=True)
                 outcome.sorted_copy = write_unique(folder, path.name, data)
                 shutil.copystat(path, outcome.sorted_copy)  # keep the original's times, as `cp -p` would
+        except DecodeError as e:  # decoded for the model, but not at full size for drawing on
+            outcome.error = f"cannot annotate: {e}"
         except OSError as e:
             outcome.error = f"cannot write the output: {e}"
         return outcome, elapsed
