@@ -32,6 +32,8 @@ from viam.proto.module import (
     RemoveResourceRequest,
     ValidateConfigRequest,
 )
+from viam.proto.robot import LogResponse
+from viam.robot.service import RobotService
 from viam.rpc.server import Server
 from viam.services.vision import VisionClient
 from viam.utils import dict_to_struct
@@ -41,8 +43,24 @@ MODEL = json.loads((PROJECT_ROOT / "meta.json").read_text())["models"][0]["model
 VISION_API = "rdk:service:vision"
 
 
+# What modules logged through their parent (RobotService.Log, as viam-server receives module logs).
+PARENT_LOG: list[str] = []
+
+
+async def _receive_module_logs(self, stream) -> None:
+    request = await stream.recv_message()
+    for entry in request.logs:
+        PARENT_LOG.append(f"{entry.level}\t{entry.logger_name}\t{entry.message}")
+    await stream.send_message(LogResponse())
+
+
+# The SDK's own RobotService leaves Log unimplemented; viam-server implements it.
+RobotService.Log = _receive_module_logs
+
+
 class StillCamera(Camera):
-    """A real Camera that serves one fixed frame; `frame` and `error` can be changed between calls."""
+    """A real Camera that serves one fixed frame; `frame`, `error`, `no_images`, `hang` and
+    `extra_images` can be changed between calls."""
 
     def __init__(self, name: str, frame: bytes, mime_type: str = "image/jpeg"):
         super().__init__(name)
@@ -50,14 +68,20 @@ class StillCamera(Camera):
         self.mime_type = mime_type
         self.error: Optional[Exception] = None
         self.no_images = False
+        self.hang = False  # while set, get_images does not answer (an unplugged USB camera can do this)
+        self.extra_images: list[NamedImage] = []  # served after the frame, as a depth camera serves its depth map
         self.requests = 0
 
     async def get_images(self, *, filter_source_names=None, extra=None, timeout=None, **kwargs):
         self.requests += 1
+        while self.hang:
+            await asyncio.sleep(0.05)
         if self.error is not None:
             raise self.error
-        images = [] if self.no_images else [NamedImage(self.name, self.frame, CameraMimeType.from_string(self.mime_type))]
-        return images, ResponseMetadata()
+        if self.no_images:
+            return [], ResponseMetadata()
+        images = [NamedImage(self.name, self.frame, CameraMimeType.from_string(self.mime_type))] if self.frame else []
+        return images + self.extra_images, ResponseMetadata()
 
     async def get_point_cloud(self, *, extra=None, timeout=None, **kwargs):
         raise NotSupportedError("StillCamera has no point cloud")
@@ -124,7 +148,9 @@ class ModuleProcess:
         self.stub = ModuleServiceStub(self.channel)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What the module wrote to its output and what it logged through the parent."""
+        output = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return output + "".join(line + "\n" for line in PARENT_LOG)
 
     async def ready(self, parent_address: Path):
         return await self.stub.Ready(ReadyRequest(parent_address=str(parent_address)), timeout=30)

@@ -211,7 +211,14 @@ class OnnxClassifier(Vision, EasyResource):
         if not images:
             raise ViamGRPCError(f"camera {name!r} returned no images", Status.UNAVAILABLE)
         # A camera may send a depth map or point cloud beside its colour image: take the first that is not one.
-        image = next((i for i in images if str(i.mime_type) not in NOT_COLOUR_TYPES), images[0])
+        image = next((i for i in images if str(i.mime_type) not in NOT_COLOUR_TYPES), None)
+        if image is None:
+            sent = ", ".join(sorted({str(i.mime_type) for i in images}))
+            raise ViamGRPCError(
+                f"camera {name!r} returned only {sent} (a depth map or point cloud); this service classifies "
+                "colour images (JPEG, PNG or image/vnd.viam.rgba): use the camera's colour stream",
+                Status.INVALID_ARGUMENT,
+            )
         return name, image
 
     async def get_classifications(

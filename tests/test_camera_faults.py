@@ -1,0 +1,92 @@
+"""Cameras that fail, send the wrong kind of image or hang, and configs that are wrong: each gets a
+clear error that names the camera or the attribute, and the service keeps serving."""
+
+import asyncio
+import time
+
+from grpclib import Status
+from viam.media.video import CameraMimeType, NamedImage, ViamImage
+
+from .conftest import photo
+from .harness import StillCamera, camera_dependency, running_module
+from .test_module import expect_error
+
+DEPTH = CameraMimeType.from_string("image/vnd.viam.dep")
+
+
+async def test_failing_empty_and_depth_cameras_are_named_and_recover():
+    cam = StillCamera("cam", photo("rocket.jpg"))
+    async with running_module([cam]) as module:
+        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+        vision = module.vision()
+
+        cam.error = RuntimeError("USB device unplugged")
+        await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE, "camera 'cam'", "USB device unplugged")
+        cam.error = None
+        cam.no_images = True
+        await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE, "camera 'cam' returned no images")
+        cam.no_images = False
+
+        depth_map = NamedImage("depth", b"DEPTHMAP" + bytes(64), DEPTH)
+        cam.frame, cam.extra_images = b"", [depth_map]
+        await expect_error(
+            vision.get_classifications_from_camera("cam", 1),
+            Status.INVALID_ARGUMENT,
+            "camera 'cam' returned only image/vnd.viam.dep",
+            "colour",
+        )
+        # A depth camera that also sends its colour stream: the colour image is classified, wherever it is.
+        cam.frame = photo("rocket.jpg")
+        cam.extra_images = [depth_map]
+        assert (await vision.get_classifications_from_camera("cam", 1))[0].class_name == "missile"
+        cam.frame, cam.extra_images = b"", [depth_map, NamedImage("color", photo("coffee.png"), CameraMimeType.PNG)]
+        assert (await vision.get_classifications_from_camera("cam", 1))[0].class_name == "espresso"
+
+
+async def test_a_hanging_camera_times_out_by_name_while_other_calls_go_on():
+    hung, other = StillCamera("hung", photo("rocket.jpg")), StillCamera("other", photo("coffee.png"), "image/png")
+    async with running_module([hung, other]) as module:
+        await module.add({"camera_names": ["hung", "other"], "camera_timeout_s": 2}, [camera_dependency("hung"), camera_dependency("other")])
+        vision = module.vision()
+        hung.hang = True
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(vision.get_classifications_from_camera("hung", 1))
+        for _ in range(3):
+            assert (await vision.get_classifications_from_camera("other", 1))[0].class_name == "espresso"
+            direct = await vision.get_classifications(ViamImage(photo("rocket.jpg"), CameraMimeType.JPEG), 1)
+            assert direct[0].class_name == "missile"
+        assert not waiting.done()
+        await expect_error(waiting, Status.DEADLINE_EXCEEDED, "camera 'hung'", "within 2 s", "camera_timeout_s")
+        # The limit, not the camera, ends the call (generous margin for a loaded machine).
+        assert time.monotonic() - started < 6
+        hung.hang = False
+        assert (await vision.get_classifications_from_camera("hung", 1))[0].class_name == "missile"
+
+
+async def test_a_bad_edit_is_rejected_at_validation_and_the_running_service_keeps_serving(tmp_path):
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("this is a text file")
+    cam = StillCamera("cam", photo("rocket.jpg"))
+    async with running_module([cam]) as module:
+        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+        vision = module.vision()
+        bad_edits = [
+            ({"model_path": "/no/such/model.onnx"}, "'model_path'"),
+            ({"model_path": str(not_onnx)}, "not a readable ONNX model"),
+            ({"head": "maximum"}, "'head'"),
+            ({"confidence_threshold": 2}, "'confidence_threshold'"),
+            ({"camera_names": "cam"}, "'camera_names'"),
+            ({"region": [0, 0, 0, 0]}, "'region'"),
+        ]
+        for attributes, fragment in bad_edits:
+            await expect_error(module.validate({"camera_name": "cam", **attributes}), Status.INVALID_ARGUMENT, fragment)
+            assert (await vision.get_classifications_from_camera("cam", 1))[0].class_name == "missile"
+
+        # An unknown attribute is a warning in the log, not an error.
+        validated = await module.validate({"camera_name": "cam", "confidence_treshold": 0.5})
+        assert list(validated.dependencies) == ["cam"]
+        for _ in range(50):
+            if "did you mean 'confidence_threshold'" in module.log():
+                break
+            await asyncio.sleep(0.05)
+        assert "'confidence_treshold' is not recognized; did you mean 'confidence_threshold'" in module.log()
