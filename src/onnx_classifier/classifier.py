@@ -19,9 +19,13 @@ from .head import Prediction, confidences, is_distribution, top_k
 from .model import Layout, ResolvedModel, description_files, file_stamps, resolve_model
 from .preprocess import Preprocessor
 
-__all__ = ["Classifier", "Prediction", "SharedClassifiers"]
+__all__ = ["Classifier", "ClassifierClosed", "Prediction", "SharedClassifiers"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+class ClassifierClosed(RuntimeError):
+    """The classifier was closed (its service removed or reconfigured to another model) before this call ran."""
 
 
 _warned_unavailable: set[str] = set()
@@ -116,7 +120,7 @@ class Classifier:
     def _run(self, tensor: np.ndarray) -> np.ndarray:
         session = self._session
         if session is None:
-            raise RuntimeError("the classifier is closed")
+            raise ClassifierClosed("the classifier is closed")
         spec = self.model.spec
         (raw,) = session.run([spec.output_name], {spec.input_name: tensor})
         return raw if raw.ndim == 1 else raw[0]
@@ -172,7 +176,7 @@ class Classifier:
         """What was loaded and how it will be run, as plain JSON-able values."""
         session = self._session
         if session is None:
-            raise RuntimeError("the classifier is closed")
+            raise ClassifierClosed("the classifier is closed")
         (model_input,) = session.get_inputs()
         output = next(o for o in session.get_outputs() if o.name == self.model.spec.output_name)
         head, reason = self.head_in_use()
