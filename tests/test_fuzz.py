@@ -30,7 +30,7 @@ from viam.media.video import CameraMimeType, ViamImage
 from onnx_classifier import Classifier, DecodeError, parse_service_config
 
 from . import onnx_models
-from .conftest import DATA, encode
+from .conftest import DATA, encode, photo
 from .harness import StillCamera, camera_dependency, running_module
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -263,11 +263,12 @@ async def test_fuzz_through_the_module_never_unknown():
             try:
                 if index % 2:
                     camera.frame = data
-                    await asyncio.wait_for(vision.get_classifications_from_camera("cam", case[2]), 30)
+                    answer = await asyncio.wait_for(vision.get_classifications_from_camera("cam", case[2]), 30)
                 else:
                     image = ViamImage(data, CameraMimeType.JPEG)
                     image._width, image._height = 1, 1  # the client would parse the bytes for these; the service must
-                    await asyncio.wait_for(vision.get_classifications(image, case[2]), 30)
+                    answer = await asyncio.wait_for(vision.get_classifications(image, case[2]), 30)
+                assert len(answer) == max(case[2], 0), (case, answer)  # a negative count: no results
                 status = "OK"
             except GRPCError as e:
                 assert e.status is Status.INVALID_ARGUMENT, (case, e.status, e.message)
@@ -278,3 +279,68 @@ async def test_fuzz_through_the_module_never_unknown():
         assert await vision.get_classifications_from_camera("cam", 1)
         assert module.process.poll() is None
     assert statuses.get("OK", 0) and statuses.get("INVALID_ARGUMENT", 0), statuses
+
+
+def peak_resident_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def _bad_frames() -> list[tuple[str, bytes, str, str]]:
+    """(what, bytes, the camera's MIME type, a fragment the error must contain) for each bad input the service must name."""
+    from .test_decode import BOMBS, PCD_ASCII, depth_frame, jpeg_claiming, png_bomb, png_with_metadata_bomb
+
+    rgba = seeds()[SEED_NAMES.index("rgba")]
+    return [
+        ("random bytes", random.Random(5).randbytes(4096), "image/jpeg", "unsupported image format"),
+        ("empty", b"", "image/jpeg", "empty (0 bytes)"),
+        ("JPEG truncated in its header", seeds()[0][:300], "image/jpeg", "cannot read the JPEG image (300 bytes): the data ends inside the header (truncated)"),
+        ("JPEG truncated in its data", photo("rocket.jpg")[:20000], "image/jpeg", "cannot decode the JPEG data: the data ends early (truncated)"),
+        ("depth map", depth_frame(64, 48), "image/vnd.viam.dep", "a depth map of 64x48 (image/vnd.viam.dep), not a colour image"),
+        ("point cloud", PCD_ASCII, "pointcloud/pcd", "a point cloud (pointcloud/pcd), not an image"),
+        ("RGBA of a wrong length", rgba[:-4], "image/vnd.viam.rgba", "image/vnd.viam.rgba header says 48x32"),
+        ("PNG bomb", png_bomb(20000, 20000), "image/png", "20000x20000 = 400000000 pixels, more than max_image_pixels"),
+        ("JPEG bomb", jpeg_claiming(60000, 60000), "image/jpeg", "more than max_image_pixels"),
+        ("PNG bomb, a few KB", BOMBS["png-20000x20000-rgb-few-kb"](), "image/png", "more than max_image_pixels"),
+        ("PNG metadata bomb", png_with_metadata_bomb(), "image/png", ""),
+    ]
+
+
+async def test_bad_frames_through_the_module_are_invalid_argument_without_a_memory_spike():
+    """Each bad input of the issue, sent by a client and served by the camera: INVALID_ARGUMENT with a
+    message naming the problem (and the camera), or a result for what is a valid image after all;
+    the module's peak resident memory grows by less than 24 MiB over all of them; it keeps serving."""
+    good = seeds()[0]
+    camera = StillCamera("cam", good)
+    async with running_module([camera]) as module:
+        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
+        vision = module.vision()
+        for _ in range(3):  # warm-up, so the peak includes what a normal frame costs
+            await vision.get_classifications(ViamImage(good, CameraMimeType.JPEG), 5)
+            await vision.get_classifications_from_camera("cam", 5)
+        peak = peak_resident_mib(module.process.pid)
+        for what, data, mime_type, fragment in _bad_frames():
+            image = ViamImage(data, CameraMimeType.JPEG)
+            image._width, image._height = 1, 1
+            camera.frame, camera.mime_type = data, mime_type
+            for source, call in (
+                ("client", lambda: vision.get_classifications(image, 3)),
+                ("camera", lambda: vision.get_classifications_from_camera("cam", 3)),
+            ):
+                try:
+                    answer = await asyncio.wait_for(call(), 30)
+                except GRPCError as e:
+                    assert e.status is Status.INVALID_ARGUMENT, (what, source, e.status, e.message)
+                    assert fragment in e.message, (what, source, e.message)
+                    if source == "camera":
+                        assert "camera 'cam'" in e.message, e.message
+                else:
+                    assert fragment == "" and len(answer) == 3, (what, source, answer)
+        growth = peak_resident_mib(module.process.pid) - peak
+        camera.frame, camera.mime_type = good, "image/jpeg"
+        assert len(await vision.get_classifications_from_camera("cam", 2)) == 2
+        assert module.process.poll() is None
+    assert growth < 24, f"the module's peak resident memory grew by {growth:.1f} MiB"

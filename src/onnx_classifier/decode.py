@@ -133,10 +133,22 @@ def _not_an_image(data: bytes) -> str:
     return f"unsupported image format ({first}); {ACCEPTED}"
 
 
+# Pillow's terse messages, said plainly.
+_PLAIN_REASONS = {
+    "Truncated File Read": "the data ends inside the header (truncated)",
+    "broken data stream when reading image file": "corrupt data (a broken compressed stream)",
+    "unrecognized data stream contents when reading image file": "corrupt data (unrecognised compressed stream)",
+}
+
+
 def _reason(error: Exception) -> str:
-    """The exception's message, or its type when it has none (a bare struct.error or EOFError)."""
+    """The exception's message, said plainly where Pillow's is terse, or its type when it has none."""
     text = str(error).strip()
-    return text if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    if text.startswith("image file is truncated"):
+        return f"the data ends early (truncated): {text}"
+    return _PLAIN_REASONS.get(text, text)
 
 
 def _png_without_metadata(data: bytes) -> bytes:
