@@ -1,13 +1,18 @@
 """Frames of every kind a camera or client may send, good and bad: sniffed, never trusted, never a crash."""
 
+import json
+import re
 import struct
+import subprocess
+import sys
+import warnings
 import zlib
 
 import pytest
 from PIL import Image
 
 from onnx_classifier import Classifier, DecodeError, parse_service_config
-from onnx_classifier.decode import open_image
+from onnx_classifier.decode import load, open_image
 
 from . import onnx_models
 from .conftest import DATA, encode, photo, solid
@@ -28,6 +33,19 @@ def png_header_only(width, height) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     return b"\x89PNG\r\n\x1a\n" + chunk
+
+
+def depth_frame(width, height) -> bytes:
+    """image/vnd.viam.dep as rdk's rimage.WriteViamDepthMapTo writes it: magic, big-endian uint64 size, uint16 depths."""
+    return b"DEPTHMAP" + struct.pack(">QQ", width, height) + struct.pack(f">{width * height}H", *range(width * height))
+
+
+PCD_HEADER = (
+    "VERSION .7\nFIELDS x y z rgb\nSIZE 4 4 4 4\nTYPE F F F I\nCOUNT 1 1 1 1\n"
+    "WIDTH 2\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS 2\n"
+)
+PCD_ASCII = (PCD_HEADER + "DATA ascii\n0 0 1 255\n0.5 0.25 1.5 65280\n").encode()
+PCD_BINARY = ("# .PCD v.7 - Point Cloud Data file format\n" + PCD_HEADER + "DATA binary\n").encode() + struct.pack("<8f", *range(8))
 
 
 def test_same_picture_in_every_format_gives_the_same_answer(classifier):
@@ -74,6 +92,16 @@ def test_tiny_and_extreme_aspect_frames(classifier):
         (b"RGBA" + struct.pack(">II", 4, 4) + b"\x00" * 10, "header says 4x4"),
         (b"RGBA" + struct.pack(">II", 0, 4), "header says 0x4"),
         (png_header_only(60000, 60000), "cannot read the PNG"),
+        (depth_frame(4, 3), "a depth map of 4x3 (image/vnd.viam.dep), not a colour image"),
+        (b"DEPTHMAP", "depth map (image/vnd.viam.dep)"),
+        (PCD_ASCII, "a point cloud (pointcloud/pcd)"),
+        (PCD_BINARY, "a point cloud (pointcloud/pcd)"),
+        (b"ply\nformat binary_little_endian 1.0\nelement vertex 1\n", "a point cloud (PLY)"),
+        (b"RGBA" + struct.pack(">II", 640, 480) + b"\x00" * (640 * 480 * 3), "header says 640x480"),
+        (b"RGBA" + struct.pack(">II", 2**32 - 1, 2**32 - 1) + b"\x00" * 64, "header says 4294967295x4294967295"),
+        (b'{"error": "camera offline"}', "text (JSON, XML or HTML)"),
+        (encode(Image.new("RGB", (8, 8)), "WEBP"), "a WebP image"),
+        (encode(Image.new("RGB", (8, 8)), "TIFF"), "a TIFF image"),
     ],
     ids=[
         "empty",
@@ -87,11 +115,21 @@ def test_tiny_and_extreme_aspect_frames(classifier):
         "rgba-short-header",
         "rgba-short-pixels",
         "rgba-zero-width",
-        "png-decompression-bomb",
+        "png-header-only",
+        "depth-map",
+        "depth-map-magic-only",
+        "pcd-ascii",
+        "pcd-binary",
+        "ply",
+        "rgba-wrong-length",
+        "rgba-absurd-header",
+        "json",
+        "webp",
+        "tiff",
     ],
 )
 def test_bad_frames_raise_decode_error(classifier, data, fragment):
-    with pytest.raises(DecodeError, match=fragment):
+    with pytest.raises(DecodeError, match=re.escape(fragment)):
         classifier.classify(data, 3)
     # and the classifier keeps working
     assert len(classifier.classify(solid((50, 60, 70)), 1)) == 1
@@ -101,3 +139,164 @@ def test_open_image_does_not_decode_pixels():
     image = open_image(photo("rocket.jpg"), 50_000_000)
     assert image.format == "JPEG" and image.size == (640, 427)
     assert image.tile  # still pending: the decoder has not run, so it can be drafted
+
+
+# Decompression bombs: small files that would take far more memory to decode than they take to send.
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_bomb(width: int, height: int, *, bit_depth: int = 1, color_type: int = 0, rows: int | None = None) -> bytes:
+    """A valid PNG of zero pixels: a 20000x20000 one-bit image is about 48 KB. With `rows`, the data
+    stops after that many rows (a file of a few KB whose header still claims the full size)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color_type]
+    row = bytes(1 + (width * channels * bit_depth + 7) // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows)) + compressor.flush()
+    return PNG_MAGIC + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def png_overinflated(width: int = 64, height: int = 64, extra_mib: int = 64) -> bytes:
+    """A small RGB PNG whose pixel data inflates to `extra_mib` MiB more than its header announces."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    compressor = zlib.compressobj(9)
+    parts = [compressor.compress(bytes((1 + width * 3) * height))]
+    parts += [compressor.compress(bytes(1 << 20)) for _ in range(extra_mib)]
+    idat = b"".join(parts) + compressor.flush()
+    return PNG_MAGIC + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def png_with_metadata_bomb(chunks: int = 60) -> bytes:
+    """A valid 8x8 PNG carrying `chunks` zTXt chunks and an iCCP profile that each inflate to 1 MiB
+    (Pillow's per-chunk limit): a file of about 70 KB that Pillow would hold as about 60 MiB of text."""
+    valid = encode(Image.new("RGB", (8, 8), (200, 30, 30)), "PNG")
+    inflating = zlib.compress(bytes((1 << 20) - 64), 9)
+    extra = png_chunk(b"iCCP", b"profile\x00\x00" + inflating)
+    extra += b"".join(png_chunk(b"zTXt", f"k{i}".encode() + b"\x00\x00" + inflating) for i in range(chunks))
+    ihdr_end = len(PNG_MAGIC) + 25
+    return valid[:ihdr_end] + extra + valid[ihdr_end:]
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A real JPEG whose frame header (SOF0) is edited to claim another size."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (10, 20, 30)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BOMBS = {
+    "png-20000x20000-valid": lambda: png_bomb(20000, 20000),
+    "png-20000x20000-rgb-few-kb": lambda: png_bomb(20000, 20000, bit_depth=8, color_type=2, rows=50),
+    "png-overinflated-idat": png_overinflated,
+    "png-metadata-bomb": png_with_metadata_bomb,
+    "jpeg-60000x60000": lambda: jpeg_claiming(60000, 60000),
+    "rgba-8000x8000": lambda: b"RGBA" + struct.pack(">II", 8000, 8000) + b"\x00" * 64,
+}
+# What each bomb must end in: a DecodeError with this fragment, or None for a (small, correct) result.
+BOMB_OUTCOMES = {
+    "png-20000x20000-valid": "20000x20000 = 400000000 pixels, more than max_image_pixels (50000000)",
+    "png-20000x20000-rgb-few-kb": "20000x20000 = 400000000 pixels, more than max_image_pixels",
+    "png-overinflated-idat": None,
+    "png-metadata-bomb": None,
+    "jpeg-60000x60000": "60000x60000 = 3600000000 pixels, more than max_image_pixels",
+    "rgba-8000x8000": "header says 8000x8000",
+}
+
+_PEAK_SCRIPT = """
+import json, resource, sys
+from pathlib import Path
+from onnx_classifier import Classifier, DecodeError, parse_service_config
+
+model, folder = sys.argv[1], Path(sys.argv[2])
+classifier = Classifier(parse_service_config({"model_path": model, "resize": "center_crop"}).classifier)
+warmup = [(folder / name).read_bytes() for name in ("warm.jpg", "warm.png")]
+bombs = {path.stem: path.read_bytes() for path in sorted(folder.glob("*.bomb"))}
+for _ in range(3):
+    for data in warmup:
+        classifier.classify(data, 1)
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (ru_maxrss is KiB on Linux)
+results = {}
+for name, data in bombs.items():
+    before = peak()
+    try:
+        outcome = [p.label for p in classifier.classify(data, 1)]
+    except DecodeError as e:
+        outcome = str(e)
+    results[name] = {"outcome": outcome, "peak_growth_mib": peak() - before}
+print(json.dumps(results))
+"""
+
+
+def test_open_image_refuses_bombs_from_the_header():
+    for name, build in BOMBS.items():
+        fragment = BOMB_OUTCOMES[name]
+        if fragment is None:
+            continue
+        with pytest.raises(DecodeError, match=re.escape(fragment)):
+            open_image(build(), 50_000_000)
+
+
+def test_bombs_take_no_memory(tmp_path, classifier):
+    """Each bomb, decoded by the classifier in a fresh process, raises that process's peak resident
+    memory by less than 24 MiB: what a header-first refusal costs, a fraction of what decoding would."""
+    model = classifier.config.model_path
+    (tmp_path / "warm.jpg").write_bytes(photo("astronaut.jpg"))
+    (tmp_path / "warm.png").write_bytes(photo("chelsea.png"))
+    for name, build in BOMBS.items():
+        (tmp_path / f"{name}.bomb").write_bytes(build())
+    finished = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(model), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    results = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert set(results) == set(BOMBS)
+    for name, result in results.items():
+        fragment = BOMB_OUTCOMES[name]
+        if fragment is None:
+            assert isinstance(result["outcome"], list), (name, result)
+        else:
+            assert fragment in result["outcome"], (name, result)
+        assert result["peak_growth_mib"] < 24, (name, result)
+
+
+def test_the_configured_limit_is_the_only_limit():
+    """Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, about 179 megapixels for an error) neither
+    refuses nor warns about an image that max_image_pixels allows; the header is still all that is read."""
+    bomb = png_bomb(20000, 20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = open_image(bomb, 1_000_000_000)
+    assert image.size == (20000, 20000) and image.tile  # not decoded
+    assert Image.MAX_IMAGE_PIXELS is not None  # and the process-wide global is left as it was
+
+
+def test_truncated_images_stay_errors():
+    """A truncated frame is refused, not decoded half grey: Pillow's LOAD_TRUNCATED_IMAGES stays off."""
+    from PIL import ImageFile
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    for data in (photo("rocket.jpg")[:-2000], encode(Image.open(DATA / "coffee.png"), "PNG")[:-5000]):
+        with pytest.raises(DecodeError, match="cannot decode"):
+            load(open_image(data, 50_000_000))
+
+
+def test_metadata_chunks_are_dropped_and_the_pixels_kept():
+    image = Image.open(DATA / "coffee.png").convert("RGB")
+    plain = encode(image, "PNG")
+    ihdr_end = len(PNG_MAGIC) + 25
+    with_metadata = (
+        plain[:ihdr_end]
+        + png_chunk(b"tEXt", b"Comment\x00hello")
+        + png_chunk(b"zTXt", b"Long\x00\x00" + zlib.compress(b"x" * 100_000))
+        + plain[ihdr_end:-12]
+        + png_chunk(b"iTXt", b"After\x00\x00\x00\x00\x00pixels")
+        + plain[-12:]
+    )
+    opened = open_image(with_metadata, 50_000_000)
+    load(opened)
+    assert not opened.text and opened.tobytes() == image.tobytes()
