@@ -59,10 +59,10 @@ RobotService.Log = _receive_module_logs
 
 
 class StillCamera(Camera):
-    """A real Camera that serves one fixed frame; `frame`, `error`, `no_images`, `hang` and
-    `extra_images` can be changed between calls."""
+    """A real Camera that serves one fixed frame (None: no colour image); `frame`, `error`,
+    `no_images`, `hang` and `extra_images` can be changed between calls."""
 
-    def __init__(self, name: str, frame: bytes, mime_type: str = "image/jpeg"):
+    def __init__(self, name: str, frame: Optional[bytes], mime_type: str = "image/jpeg"):
         super().__init__(name)
         self.frame = frame
         self.mime_type = mime_type
@@ -80,7 +80,7 @@ class StillCamera(Camera):
             raise self.error
         if self.no_images:
             return [], ResponseMetadata()
-        images = [NamedImage(self.name, self.frame, CameraMimeType.from_string(self.mime_type))] if self.frame else []
+        images = [] if self.frame is None else [NamedImage(self.name, self.frame, CameraMimeType.from_string(self.mime_type))]
         return images + self.extra_images, ResponseMetadata()
 
     async def get_point_cloud(self, *, extra=None, timeout=None, **kwargs):

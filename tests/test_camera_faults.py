@@ -28,7 +28,7 @@ async def test_failing_empty_and_depth_cameras_are_named_and_recover():
         cam.no_images = False
 
         depth_map = NamedImage("depth", b"DEPTHMAP" + bytes(64), DEPTH)
-        cam.frame, cam.extra_images = b"", [depth_map]
+        cam.frame, cam.extra_images = None, [depth_map]
         await expect_error(
             vision.get_classifications_from_camera("cam", 1),
             Status.INVALID_ARGUMENT,
@@ -39,7 +39,7 @@ async def test_failing_empty_and_depth_cameras_are_named_and_recover():
         cam.frame = photo("rocket.jpg")
         cam.extra_images = [depth_map]
         assert (await vision.get_classifications_from_camera("cam", 1))[0].class_name == "missile"
-        cam.frame, cam.extra_images = b"", [depth_map, NamedImage("color", photo("coffee.png"), CameraMimeType.PNG)]
+        cam.frame, cam.extra_images = None, [depth_map, NamedImage("color", photo("coffee.png"), CameraMimeType.PNG)]
         assert (await vision.get_classifications_from_camera("cam", 1))[0].class_name == "espresso"
 
 

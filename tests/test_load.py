@@ -121,14 +121,6 @@ async def test_remove_and_add_again_under_load():
         assert "classifier" in messages["NOT_FOUND"], messages
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service-side: a call in flight when its service is removed and re-added with another model "
-        "(a different ClassifierConfig) runs on the old Classifier after SharedClassifiers closed it: "
-        "RuntimeError('the classifier is closed') from Classifier._run, which the service reports as UNKNOWN"
-    ),
-)
 async def test_remove_and_add_another_model_with_calls_in_flight(slow_frame):
     """Calls queued for the inference pool (frames quick to send, slow to decode) when the service is
     removed and at once added again with another classifier config (num_threads), three times:
