@@ -232,3 +232,32 @@ def test_relative_paths_resolve_against_the_module_folder():
 def test_integral_doubles_from_protobuf_structs_are_integers():
     config, _ = validate({"num_threads": 2.0, "input_size": [224.0, 224.0]})
     assert config.classifier.num_threads == 2 and isinstance(config.classifier.num_threads, int)
+
+
+def test_validation_reads_the_graph_but_not_the_weights(tmp_path):
+    from onnx_classifier.onnx_structure import SMALL_TENSOR_BYTES, load_structure
+
+    big = np.arange(3 * 40000, dtype=np.float32).reshape(3, 40000)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "big"], ["wide"]),
+        helper.make_node("ReduceMax", ["wide"], ["peak"], keepdims=1, axes=[1]),
+        helper.make_node("Mul", ["peak", "scale"], ["scaled"]),
+        helper.make_node("Expand", ["scaled", "shape"], ["scores"]),
+    ]
+    weights = [
+        numpy_helper.from_array(big, "big"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "scale"),
+        numpy_helper.from_array(np.array([1, 4], np.int64), "shape"),
+    ]
+    path = write_graph(tmp_path / "m.onnx", [image_input()], [scores_output()], nodes, weights)
+    assert big.nbytes > SMALL_TENSOR_BYTES
+    structure = load_structure(path)
+    full = onnx.load(path)
+    assert [n.op_type for n in structure.graph.node] == [n.op_type for n in full.graph.node]
+    described = {t.name: t for t in structure.graph.initializer}
+    assert list(described["big"].dims) == [3, 40000] and described["big"].raw_data == b""
+    assert numpy_helper.to_array(described["scale"]).tolist() == [0.5]
+    assert len(structure.SerializeToString()) < 1000 < len(full.SerializeToString())
+    validate({"model_path": path})
