@@ -1,5 +1,8 @@
 """The Viam adapter in-process: what viam-server's close-then-new reconfigure costs, and what close releases."""
 
+import gc
+import weakref
+
 import pytest
 from viam.proto.app.robot import ComponentConfig
 from viam.utils import dict_to_struct
@@ -9,6 +12,7 @@ from onnx_classifier.config import parse_service_config
 from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
 
 from . import onnx_models
+from .conftest import solid
 from .harness import MODEL
 
 
@@ -29,10 +33,12 @@ async def test_reconfigure_with_the_same_model_does_not_reload_it():
 
 async def test_a_different_model_replaces_the_idle_one_and_closes_it(tmp_path):
     first = OnnxClassifier.new(config({}), {})
-    bundled = first.classifier
+    bundled = weakref.ref(first.classifier)
     await first.close()
+    gc.collect()
+    assert bundled() is not None  # idle, kept for an unchanged reconfigure
     other = OnnxClassifier.new(config({"model_path": str(onnx_models.build(tmp_path / "m.onnx"))}), {})
-    assert bundled._session is None  # the idle bundled model is freed before the new one loads
+    assert bundled() is None  # the idle bundled model is freed when another loads, without a collection
     loaded = other.classifier
     await other.close()
     assert SHARED_CLASSIFIERS.loaded() == [loaded]
@@ -50,10 +56,15 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     assert shared.loaded() == [a]  # idle, kept for the next identical config
     assert shared.acquire(cfg) is a
     shared.release(a)
+    held_by_a_call = a  # a call still running on it when the file changes
+    replaced = weakref.ref(a)
+    del a, b
     onnx_models.build(path, final="Softmax")  # the file changes on disk: a fresh load
     c = shared.acquire(cfg)
-    assert c is not a and c.model.spec.final_activation is not None
-    assert a._session is None
+    assert c is not held_by_a_call and c.model.spec.final_activation is not None
+    assert held_by_a_call.classify(solid((10, 20, 30)), 1)  # the call finishes on the replaced model
+    del held_by_a_call
+    assert replaced() is None  # and then it is freed
     shared.release(c)
     path.with_suffix(".json").write_text('{"labels": ["a", "b", "c", "d", "e"]}')  # so does a new sidecar
     d = shared.acquire(cfg)

@@ -19,13 +19,9 @@ from .head import Prediction, confidences, is_distribution, top_k
 from .model import Layout, ResolvedModel, description_files, file_stamps, resolve_model
 from .preprocess import Preprocessor
 
-__all__ = ["Classifier", "ClassifierClosed", "Prediction", "SharedClassifiers"]
+__all__ = ["Classifier", "Prediction", "SharedClassifiers"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-class ClassifierClosed(RuntimeError):
-    """The classifier was closed (its service removed or reconfigured to another model) before this call ran."""
 
 
 _warned_unavailable: set[str] = set()
@@ -120,7 +116,7 @@ class Classifier:
     def _run(self, tensor: np.ndarray) -> np.ndarray:
         session = self._session
         if session is None:
-            raise ClassifierClosed("the classifier is closed")
+            raise RuntimeError("the classifier is closed")
         spec = self.model.spec
         (raw,) = session.run([spec.output_name], {spec.input_name: tensor})
         return raw if raw.ndim == 1 else raw[0]
@@ -176,7 +172,7 @@ class Classifier:
         """What was loaded and how it will be run, as plain JSON-able values."""
         session = self._session
         if session is None:
-            raise ClassifierClosed("the classifier is closed")
+            raise RuntimeError("the classifier is closed")
         (model_input,) = session.get_inputs()
         output = next(o for o in session.get_outputs() if o.name == self.model.spec.output_name)
         head, reason = self.head_in_use()
@@ -217,6 +213,8 @@ class SharedClassifiers:
     nothing else (Viam closes the old resource and builds a new one) does not reload
     the model. In-use classifiers are counted; of the released ones only the most
     recent is kept, and only until a different model is loaded, so memory stays bounded.
+    Classifiers are dropped, never closed: a call still running on a replaced one (a
+    reconfigure under load) finishes on it, and its session is freed when that call ends.
     """
 
     def __init__(self) -> None:
@@ -241,15 +239,16 @@ class SharedClassifiers:
                 if idle_key == key:
                     self._in_use[key] = (idle, 1)
                     return idle
-                idle.close()  # a different model replaces it: free it before loading the new one
+                # A different model replaces it. Dropping the last reference frees its session here,
+                # before the new one loads; a call still running on it holds it until that call ends.
+                del idle
         started = time.perf_counter()
         classifier = Classifier(config)
         LOGGER.info("loaded %s in %.2f s", config.model_path, time.perf_counter() - started)
         with self._lock:
-            if key in self._in_use:  # another thread loaded the same model meanwhile
+            if key in self._in_use:  # another thread loaded the same model meanwhile: use theirs
                 existing, users = self._in_use[key]
                 self._in_use[key] = (existing, users + 1)
-                classifier.close()
                 return existing
             self._in_use[key] = (classifier, 1)
         return classifier
@@ -265,9 +264,7 @@ class SharedClassifiers:
                 self._in_use[key] = (held, users - 1)
                 return
             del self._in_use[key]
-            if self._idle is not None:
-                self._idle[1].close()
-            self._idle = (key, classifier)
+            self._idle = (key, classifier)  # the previous idle one is dropped, and freed once no call uses it
 
     def loaded(self) -> list[Classifier]:
         """Every classifier whose session is held, in use or idle."""

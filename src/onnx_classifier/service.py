@@ -28,7 +28,7 @@ from viam.resource.types import Model
 from viam.services.vision import CaptureAllResult, Vision
 from viam.utils import ValueTypes, struct_to_dict
 
-from .classifier import Classifier, ClassifierClosed, SharedClassifiers, validate_service_config
+from .classifier import Classifier, SharedClassifiers, validate_service_config
 from .config import ConfigError, Region, ServiceConfig, parse_region, parse_service_config
 from .cores import available_cores
 from .decode import DecodeError
@@ -151,11 +151,6 @@ class OnnxClassifier(Vision, EasyResource):
             return await loop.run_in_executor(INFERENCE_POOL, classifier.image_scores, data, region, timings)
         except DecodeError as e:
             raise ViamGRPCError(f"{source}: {e}", Status.INVALID_ARGUMENT) from e
-        except ClassifierClosed as e:
-            raise ViamGRPCError(
-                f"vision service {self.name!r} was closed or reconfigured while classifying {source}; try again",
-                Status.UNAVAILABLE,
-            ) from e
         except Exception as e:
             LOGGER.exception("vision service %r: classifying %s failed", self.name, source)
             raise ViamGRPCError(f"{source}: the model failed on this image: {e}", Status.INTERNAL) from e
