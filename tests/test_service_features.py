@@ -62,6 +62,14 @@ async def test_smoothing_averages_frames_and_holds_the_top_label():
         assert results[0].confidence == pytest.approx(raw_coffee["espresso"], abs=1e-6)
         await expect_error(frame(coffee, smoothing="no"), Status.INVALID_ARGUMENT, "extra 'smoothing'", "'no'")
 
+        # State belongs to the resource: a reconfigured (closed and new) service starts afresh.
+        await frame(cat)
+        await module.remove()
+        await module.add(attributes, [camera_dependency("cam")])
+        vision = module.vision()
+        results = await frame(coffee)
+        assert results[0].confidence == pytest.approx(raw_coffee["espresso"], abs=1e-6)
+
 
 async def test_regions_from_attributes_per_camera_and_per_call():
     cat = Image.open(io.BytesIO(photo("chelsea.png"))).convert("RGB")
