@@ -96,6 +96,8 @@ class ModelDescription:
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_CAMERA_TIMEOUT_S = 5.0
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# Every frame in the window keeps a confidence per class (8 KB for 1,000 classes): bounded per camera.
+MAX_SMOOTHING_WINDOW = 1000
 
 
 @dataclass(frozen=True)
@@ -239,13 +241,20 @@ class _Reader:
             raise self.fail(key, f"in {interval}")
         return float(value)
 
-    def integer(self, key: str, low: int) -> Optional[int]:
+    def integer(self, key: str, low: int, high: Optional[int] = None) -> Optional[int]:
         if not self.present(key):
             return None
         value = self.values[key]
         # protobuf Structs carry every number as a double, so 4.0 is an integer here.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < low:
-            raise self.fail(key, f"an integer >= {low}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value != int(value)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            raise self.fail(key, f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]")
         return int(value)
 
     def choice(self, key: str, enum: type[Enum]) -> Optional[Any]:
@@ -372,7 +381,7 @@ def parse_service_config(attributes: Mapping[str, Any]) -> ServiceConfig:
             (camera, parse_region(value, f"attribute 'regions_by_camera' entry {camera!r}"))
             for camera, value in (r.mapping("regions_by_camera") or {}).items()
         ),
-        smoothing_window=r.integer("smoothing_window", 1) or 1,
+        smoothing_window=r.integer("smoothing_window", 1, MAX_SMOOTHING_WINDOW) or 1,
         label_hold_frames=r.integer("label_hold_frames", 1) or 1,
         warnings=tuple(r.unknown),
     )

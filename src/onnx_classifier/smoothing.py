@@ -8,7 +8,7 @@ consecutive frames (hysteresis).
 from __future__ import annotations
 
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -21,7 +21,7 @@ class CameraSmoother:
         self._challenger: Optional[int] = None
         self._challenger_frames = 0
 
-    def update(self, scores: np.ndarray, leader: "callable") -> tuple[np.ndarray, Optional[int]]:
+    def update(self, scores: np.ndarray, leader: Callable[[np.ndarray], Optional[int]]) -> tuple[np.ndarray, Optional[int]]:
         """Add one frame's confidences; returns the averaged confidences and the held top class.
 
         `leader` picks the top class of the averaged confidences (among the labels that may be reported).
