@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import logging
 import threading
@@ -13,7 +12,16 @@ from typing import Any, Optional
 import numpy as np
 import onnxruntime as ort
 
-from .config import ClassifierConfig, ConfigError, Head, Region, ServiceConfig, check_label_names, parse_service_config
+from .config import (
+    ClassifierConfig,
+    ConfigError,
+    Head,
+    Region,
+    ServiceConfig,
+    check_label_names,
+    did_you_mean,
+    parse_service_config,
+)
 from .cores import available_cores
 from .head import Prediction, confidences, is_distribution, top_k
 from .model import Layout, ResolvedModel, description_files, file_stamps, resolve_model
@@ -37,8 +45,7 @@ def resolve_providers(config: ClassifierConfig) -> tuple[str, ...]:
     known, available = ort.get_all_providers(), ort.get_available_providers()
     for name in config.providers:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=2)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(name, known, "providers")
             raise ConfigError(f"attribute 'providers': {name!r} is not an onnxruntime execution provider{hint}")
     missing = [name for name in config.providers if name not in available]
     if missing and config.strict_providers:

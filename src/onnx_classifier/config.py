@@ -202,7 +202,7 @@ class _Reader:
     def __init__(self, values: Mapping[str, Any], source: str, known: tuple[str, ...]):
         self.values = values
         self.source = source
-        self.unknown = [f"{source} {key!r} is not recognized{_suggestion(key, known, 'keys')}" for key in values if key not in known]
+        self.unknown = [f"{source} {key!r} is not recognized{did_you_mean(key, known, 'keys')}" for key in values if key not in known]
 
     def reject_unknown(self) -> None:
         if self.unknown:
@@ -328,7 +328,8 @@ class _Reader:
         )
 
 
-def _suggestion(name: str, known: Sequence[str], what: str) -> str:
+def did_you_mean(name: str, known: Sequence[str], what: str) -> str:
+    """A hint for a name that is not one of `known`: the closest ones, else all of them if few."""
     close = difflib.get_close_matches(name, known, n=3)
     if close:
         return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
@@ -428,7 +429,7 @@ def check_label_names(rules: LabelRules, labels: Sequence[str]) -> None:
     named += [("blocked_labels", label) for label in rules.blocked_labels]
     for key, label in named:
         if label not in known:
-            raise ConfigError(f"attribute {key!r}: {label!r} is not a label of this model{_suggestion(label, labels, 'labels')}")
+            raise ConfigError(f"attribute {key!r}: {label!r} is not a label of this model{did_you_mean(label, labels, 'labels')}")
 
 
 def parse_model_description(values: Mapping[str, Any], source: str, base: Path) -> ModelDescription:
