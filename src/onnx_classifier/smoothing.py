@@ -17,6 +17,8 @@ class CameraSmoother:
     def __init__(self, window: int, hold: int):
         self.hold = hold
         self._recent: deque[np.ndarray] = deque(maxlen=window)
+        # A running sum, so that a frame costs the same whatever the window (this runs on the event loop).
+        self._sum: Optional[np.ndarray] = None
         self.held: Optional[int] = None
         self._challenger: Optional[int] = None
         self._challenger_frames = 0
@@ -26,8 +28,14 @@ class CameraSmoother:
 
         `leader` picks the top class of the averaged confidences (among the labels that may be reported).
         """
+        if self._sum is None:
+            self._sum = np.zeros_like(scores)
+        if len(self._recent) == self._recent.maxlen:
+            self._sum -= self._recent[0]
         self._recent.append(scores)
-        averaged = np.mean(self._recent, axis=0)
+        self._sum += scores
+        # Adding and subtracting leaves rounding residue of about 1e-16: keep averages in [0, 1].
+        averaged = np.clip(self._sum / len(self._recent), 0.0, 1.0)
         top = leader(averaged)
         if self.held is None or top == self.held:
             self.held, self._challenger, self._challenger_frames = top, None, 0
