@@ -181,8 +181,8 @@ class OnnxClassifier(Vision, EasyResource):
             raise ViamGRPCError(f"extra 'smoothing' must be true or false, got {smoothing!r}", Status.INVALID_ARGUMENT)
         return region, smoothing
 
-    async def _frame(self, camera_name: str, timeout: Optional[float], timings: dict[str, float]) -> Tuple[str, ViamImage]:
-        """The camera's name and its first colour image; an empty name means the default camera."""
+    def _camera(self, camera_name: str) -> Tuple[str, Camera]:
+        """The requested camera and its name; an empty name means the default camera."""
         name = camera_name or self.config.camera_name
         if not name:
             raise ViamGRPCError(
@@ -192,6 +192,10 @@ class OnnxClassifier(Vision, EasyResource):
         if camera is None:
             configured = ", ".join(repr(c) for c in self.cameras) or "none"
             raise ViamGRPCError(f"camera {name!r} is not configured for this service; configured cameras: {configured}", Status.NOT_FOUND)
+        return name, camera
+
+    async def _frame(self, name: str, camera: Camera, timeout: Optional[float], timings: dict[str, float]) -> ViamImage:
+        """The camera's first colour image."""
         limit = self.config.camera_timeout_s if timeout is None else min(timeout, self.config.camera_timeout_s)
         started = time.perf_counter()
         try:
@@ -219,7 +223,7 @@ class OnnxClassifier(Vision, EasyResource):
                 "colour images (JPEG, PNG or image/vnd.viam.rgba): use the camera's colour stream",
                 Status.INVALID_ARGUMENT,
             )
-        return name, image
+        return image
 
     async def get_classifications(
         self,
@@ -247,8 +251,9 @@ class OnnxClassifier(Vision, EasyResource):
         **kwargs,
     ) -> List[Classification]:
         async def work(timings: dict[str, float]) -> List[Classification]:
-            name, frame = await self._frame(camera_name, timeout, timings)
-            region, smoothing = self._call_options(extra, name)
+            name, camera = self._camera(camera_name)
+            region, smoothing = self._call_options(extra, name)  # a bad request fails before the camera is asked
+            frame = await self._frame(name, camera, timeout, timings)
             scores = await self._scores(frame.data, region, f"image from camera {name!r}", timings)
             return self._select(scores, count, name, smoothing)
 
@@ -269,12 +274,13 @@ class OnnxClassifier(Vision, EasyResource):
     ) -> CaptureAllResult:
         async def work(timings: dict[str, float]) -> CaptureAllResult:
             # Data capture asks for everything; what a classifier cannot give stays None.
-            name, frame = await self._frame(camera_name, timeout, timings)
+            name, camera = self._camera(camera_name)
+            region, smoothing = self._call_options(extra, name)
+            frame = await self._frame(name, camera, timeout, timings)
             result = CaptureAllResult()
             if return_image:
                 result.image = frame
             if return_classifications:
-                region, smoothing = self._call_options(extra, name)
                 scores = await self._scores(frame.data, region, f"image from camera {name!r}", timings)
                 result.classifications = self._select(scores, CAPTURE_COUNT, name, smoothing)
             return result
