@@ -90,9 +90,20 @@ class StillCamera(Camera):
         return Camera.Properties(supports_pcd=False)
 
 
+async def _accepts_connections(path: Path) -> bool:
+    try:
+        _, writer = await asyncio.open_unix_connection(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 async def _wait_for_socket(path: Path, deadline_s: float, process: Optional[subprocess.Popen] = None) -> None:
+    """Until a server accepts connections on `path`: the socket file appears before the server listens."""
     end = time.monotonic() + deadline_s
-    while not path.exists():
+    while not await _accepts_connections(path):
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the module exited with status {process.returncode} before serving {path}")
         if time.monotonic() > end:

@@ -78,7 +78,12 @@ def top_k(
     else:
         lead = []
     if count < candidates.size:
-        candidates = candidates[np.argpartition(-scores[candidates], count - 1)[:count]] if count > 0 else candidates[:0]
+        # argpartition keeps an arbitrary member of a tie at the cut-off: keep everything above the
+        # count-th score, then the lowest class indices among those equal to it (candidates ascend).
+        values = scores[candidates]
+        cut = -np.partition(-values, count - 1)[count - 1] if count > 0 else np.inf
+        above = candidates[values > cut]
+        candidates = np.concatenate((above, candidates[values == cut][: count - above.size]))
     order = lead + list(candidates[np.lexsort((candidates, -scores[candidates]))])
     return [Prediction(labels[i], float(scores[i])) for i in order]
 

@@ -1,0 +1,47 @@
+"""Top-k selection and heads on raw score vectors: ties, minimums and the leading class."""
+
+import numpy as np
+import pytest
+
+from onnx_classifier.head import top_k
+
+LABELS = tuple(f"class {i}" for i in range(1000))
+
+
+def indices(predictions):
+    return [int(p.label.split()[1]) for p in predictions]
+
+
+@pytest.mark.parametrize("count", [1, 3, 10, 999, 1000, 1200])
+def test_all_equal_scores_come_back_by_class_index(count):
+    scores = np.full(1000, 0.001)
+    assert indices(top_k(scores, LABELS, count)) == list(range(min(count, 1000)))
+
+
+def test_a_tie_straddling_the_cut_off_keeps_the_lowest_indices():
+    scores = np.zeros(1000)
+    scores[[900, 7]] = 0.5  # above the tie
+    scores[[999, 500, 40, 3, 998]] = 0.2  # five tied for the last three places
+    assert indices(top_k(scores, LABELS, 5)) == [7, 900, 3, 40, 500]
+
+
+def test_ties_above_the_cut_off_are_ordered_by_index():
+    scores = np.zeros(1000)
+    scores[[999, 10, 500]] = 0.3
+    scores[[2, 1]] = 0.1
+    assert indices(top_k(scores, LABELS, 4)) == [10, 500, 999, 1]
+
+
+def test_quantized_scores_with_many_ties_are_deterministic_and_sorted():
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 8, 1000) / 7.0  # eight levels, as a uint8 head's coarse outputs
+    got = top_k(scores, LABELS, 50)
+    expected = sorted(range(1000), key=lambda i: (-scores[i], i))[:50]
+    assert indices(got) == expected
+
+
+def test_a_leading_class_and_minimums_keep_index_order_among_ties():
+    scores = np.full(1000, 0.25)
+    minimums = np.zeros(1000)
+    minimums[:5] = np.inf  # classes 0-4 may not be reported
+    assert indices(top_k(scores, LABELS, 3, minimums, first=700)) == [700, 5, 6]
