@@ -116,17 +116,18 @@ async def measure(rounds: int, requests: int, providers: list[str]) -> dict:
     camera_frame = frames[f"jpeg {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}"]
 
     attributes = {"camera_name": "cam", "providers": providers}
-    classifier = Classifier(parse_service_config(attributes).classifier)
-    session = classifier._session
+    classifier = Classifier.from_onnx_file(parse_service_config(attributes).classifier)
+    runtime = classifier.backend
+    session = runtime._session
     tensor = classifier.preprocess(camera_frame)
-    results: dict = {"frames": {k: len(v) for k, v in frames.items()}, "providers_in_use": list(classifier.providers)}
+    results: dict = {"frames": {k: len(v) for k, v in frames.items()}, "providers_in_use": list(runtime.providers)}
 
     async with running_module([StillCamera("cam", camera_frame)]) as module:
         await module.add(attributes, [camera_dependency("cam")])
         vision = module.vision()
         images = {k: ViamImage(v, CameraMimeType.JPEG if k.startswith("jpeg") else CameraMimeType.PNG) for k, v in frames.items()}
 
-        measurements = [("floor", lambda: classifier._run(tensor))]
+        measurements = [("floor", lambda: runtime.run(tensor))]
         for key, data in frames.items():
             measurements += [
                 (f"decode {key}", lambda d=data: least_decode(classifier, d)),

@@ -33,6 +33,7 @@ from viam.proto.module import (
     ValidateConfigRequest,
 )
 from viam.proto.robot import LogResponse
+from viam.resource.base import ResourceBase
 from viam.robot.service import RobotService
 from viam.rpc.server import Server
 from viam.services.vision import VisionClient
@@ -112,7 +113,7 @@ async def _wait_for_socket(path: Path, deadline_s: float, process: Optional[subp
 
 
 @asynccontextmanager
-async def parent_robot(socket_path: Path, resources: Sequence[Camera]):
+async def parent_robot(socket_path: Path, resources: Sequence[ResourceBase]):
     """The machine the module's dependencies live on, served as viam-server serves a module's parent."""
     server = Server(list(resources))
     task = asyncio.create_task(server.serve(path=str(socket_path), log_level=None))
@@ -198,8 +199,8 @@ def camera_dependency(name: str) -> str:
 
 
 @asynccontextmanager
-async def running_module(cameras: Sequence[Camera], command: Optional[Sequence[str]] = None, env=None, startup_timeout_s=60):
-    """A parent robot with `cameras` and a started, Ready module; yields the ModuleProcess.
+async def running_module(resources: Sequence[ResourceBase], command: Optional[Sequence[str]] = None, env=None, startup_timeout_s=60):
+    """A parent robot serving `resources` (cameras, ML model services) and a started, Ready module; yields the ModuleProcess.
 
     Unix socket paths must stay short (about 100 bytes), so they live in a fresh /tmp folder.
     """
@@ -208,7 +209,7 @@ async def running_module(cameras: Sequence[Camera], command: Optional[Sequence[s
         module = ModuleProcess(
             command or [sys.executable, "-m", "onnx_classifier"], folder / "module.sock", folder / "module.log", env
         )
-        async with parent_robot(folder / "parent.sock", cameras):
+        async with parent_robot(folder / "parent.sock", resources):
             try:
                 await module.start(startup_timeout_s)
                 await module.ready(folder / "parent.sock")
@@ -218,3 +219,7 @@ async def running_module(cameras: Sequence[Camera], command: Optional[Sequence[s
                 raise
             finally:
                 await module.stop()
+
+
+def mlmodel_dependency(name: str) -> str:
+    return f"rdk:service:mlmodel/{name}"

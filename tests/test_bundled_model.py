@@ -15,13 +15,13 @@ CATS = {"Egyptian cat", "tabby", "tiger cat"}
 
 @pytest.fixture(scope="module")
 def bundled():
-    classifier = Classifier(parse_service_config({}).classifier)
+    classifier = Classifier.from_onnx_file(parse_service_config({}).classifier)
     yield classifier
     classifier.close()
 
 
 def test_default_config_is_the_bundled_model_with_its_recipe(bundled):
-    assert bundled.config.model_path == BUNDLED_MODEL
+    assert bundled.config.source.path == BUNDLED_MODEL
     assert bundled.num_classes == 1000
     pre = bundled.model.preprocessing
     assert pre.input_size == (224, 224) and pre.resize.value == "center_crop" and pre.crop_fraction == 0.875
@@ -30,7 +30,7 @@ def test_default_config_is_the_bundled_model_with_its_recipe(bundled):
 
 @pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
 def test_chelsea_is_a_cat_and_coffee_is_espresso(exact):
-    classifier = Classifier(parse_service_config({"exact_preprocessing": exact}).classifier)
+    classifier = Classifier.from_onnx_file(parse_service_config({"exact_preprocessing": exact}).classifier)
     cat = classifier.classify(photo("chelsea.png"), 3)
     assert cat[0].label in CATS
     assert {p.label for p in cat} == CATS
@@ -42,7 +42,7 @@ def test_chelsea_is_a_cat_and_coffee_is_espresso(exact):
 
 def test_exact_path_matches_the_published_reference_numbers():
     # shared/data/README.md: chelsea's top-1 Egyptian cat at about 0.38, coffee's espresso at about 0.84.
-    classifier = Classifier(parse_service_config({"exact_preprocessing": True}).classifier)
+    classifier = Classifier.from_onnx_file(parse_service_config({"exact_preprocessing": True}).classifier)
     assert classifier.classify(photo("chelsea.png"), 1)[0].confidence == pytest.approx(0.38, abs=0.01)
     assert classifier.classify(photo("coffee.png"), 1)[0].confidence == pytest.approx(0.84, abs=0.01)
 

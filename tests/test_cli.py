@@ -263,7 +263,7 @@ def test_info_prints_the_loaded_models_description(capsys, small_model):
     status, out, _ = run(capsys, "--info", "--model", small_model)
     info = json.loads(out)
     assert info["model_path"] == str(small_model)
-    assert info["labels"] == {"count": 5, "first": SMALL_LABELS}
+    assert info["labels"] == {"count": 5, "first": SMALL_LABELS, "source": f"model sidecar {str(small_model.with_suffix('.json'))!r} key 'labels'"}
 
 
 # --annotate

@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_classifier import ConfigError
 from onnx_classifier.classifier import validate_service_config
+from onnx_classifier.model import resolve_model
 
 from . import onnx_models
 
@@ -51,13 +52,13 @@ def pooled_scores(x="image", out="scores"):
 
 
 def test_defaults_are_valid_and_declare_no_cameras():
-    config, model = validate({})
-    assert config.cameras == () and config.confidence_threshold == 0.0
-    assert len(model.labels) == 1000
+    config = validate({})
+    assert config.cameras == () and config.dependencies == () and config.confidence_threshold == 0.0
+    assert len(resolve_model(config.classifier).labels) == 1000
 
 
 def test_cameras_are_declared_default_first_without_duplicates():
-    config, _ = validate({"camera_name": "front", "camera_names": ["back", "front", "side"]})
+    config = validate({"camera_name": "front", "camera_names": ["back", "front", "side"]})
     assert config.cameras == ("front", "back", "side")
 
 
@@ -120,7 +121,7 @@ def test_bad_attribute_values(attributes, fragments):
 
 
 def test_unknown_attributes_are_warnings_that_suggest_the_known_name():
-    config, _ = validate({"camera": "cam", "labels": "x.txt", "confidence_treshold": 0.5, "zzz": 1})
+    config = validate({"camera": "cam", "labels": "x.txt", "confidence_treshold": 0.5, "zzz": 1})
     assert config.cameras == () and config.confidence_threshold == 0.0
     camera, labels, threshold, other = config.warnings
     assert "'camera' is not recognized; did you mean 'camera_name'" in camera
@@ -130,13 +131,13 @@ def test_unknown_attributes_are_warnings_that_suggest_the_known_name():
 
 
 def test_unavailable_provider_falls_back_to_the_cpu_unless_strict():
-    from onnx_classifier.classifier import resolve_providers
+    from onnx_classifier.onnx_runtime import resolve_providers
 
-    config, _ = validate({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
-    assert config.classifier.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert resolve_providers(config.classifier) == ("CPUExecutionProvider",)
-    config, _ = validate({"providers": ["TensorrtExecutionProvider"]})
-    assert resolve_providers(config.classifier) == ("CPUExecutionProvider",)
+    config = validate({"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert config.classifier.source.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert resolve_providers(config.classifier.source) == ("CPUExecutionProvider",)
+    config = validate({"providers": ["TensorrtExecutionProvider"]})
+    assert resolve_providers(config.classifier.source) == ("CPUExecutionProvider",)
 
 
 def test_label_names_of_a_model_without_labels_are_class_indices(tmp_path):
@@ -226,13 +227,13 @@ def test_sidecar_errors_name_the_sidecar(tmp_path):
 
 
 def test_relative_paths_resolve_against_the_module_folder():
-    config, _ = validate({"model_path": "models/efficientnet_lite0.onnx", "labels_path": "models/efficientnet_lite0.labels.txt"})
-    assert config.classifier.model_path.is_absolute() and config.classifier.model_path.is_file()
+    config = validate({"model_path": "models/efficientnet_lite0.onnx", "labels_path": "models/efficientnet_lite0.labels.txt"})
+    assert config.classifier.source.path.is_absolute() and config.classifier.source.path.is_file()
 
 
 def test_integral_doubles_from_protobuf_structs_are_integers():
-    config, _ = validate({"num_threads": 2.0, "input_size": [224.0, 224.0]})
-    assert config.classifier.num_threads == 2 and isinstance(config.classifier.num_threads, int)
+    config = validate({"num_threads": 2.0, "input_size": [224.0, 224.0]})
+    assert config.classifier.source.num_threads == 2 and isinstance(config.classifier.source.num_threads, int)
 
 
 def test_validation_reads_the_graph_but_not_the_weights(tmp_path):

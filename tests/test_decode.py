@@ -21,7 +21,7 @@ from .conftest import DATA, encode, photo, solid
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     path = onnx_models.build(tmp_path_factory.mktemp("m") / "m.onnx", size=(32, 32))
-    return Classifier(parse_service_config({"model_path": str(path), "resize": "center_crop"}).classifier)
+    return Classifier.from_onnx_file(parse_service_config({"model_path": str(path), "resize": "center_crop"}).classifier)
 
 
 def viam_rgba(image: Image.Image) -> bytes:
@@ -213,7 +213,7 @@ from pathlib import Path
 from onnx_classifier import Classifier, DecodeError, parse_service_config
 
 model, folder = sys.argv[1], Path(sys.argv[2])
-classifier = Classifier(parse_service_config({"model_path": model, "resize": "center_crop"}).classifier)
+classifier = Classifier.from_onnx_file(parse_service_config({"model_path": model, "resize": "center_crop"}).classifier)
 warmup = [(folder / name).read_bytes() for name in ("warm.jpg", "warm.png")]
 bombs = {path.stem: path.read_bytes() for path in sorted(folder.glob("*.bomb"))}
 for _ in range(3):
@@ -244,7 +244,7 @@ def test_open_image_refuses_bombs_from_the_header():
 def test_bombs_take_no_memory(tmp_path, classifier):
     """Each bomb, decoded by the classifier in a fresh process, raises that process's peak resident
     memory by less than 24 MiB: what a header-first refusal costs, a fraction of what decoding would."""
-    model = classifier.config.model_path
+    model = classifier.config.source.path
     (tmp_path / "warm.jpg").write_bytes(photo("astronaut.jpg"))
     (tmp_path / "warm.png").write_bytes(photo("chelsea.png"))
     for name, build in BOMBS.items():

@@ -19,8 +19,8 @@ FRAMES = 210
 @pytest.fixture(scope="module")
 def fast_and_exact():
     return (
-        Classifier(parse_service_config({}).classifier),
-        Classifier(parse_service_config({"exact_preprocessing": True}).classifier),
+        Classifier.from_onnx_file(parse_service_config({}).classifier),
+        Classifier.from_onnx_file(parse_service_config({"exact_preprocessing": True}).classifier),
     )
 
 

@@ -192,7 +192,7 @@ def fuzz_classifiers(folder: str) -> tuple[Classifier, ...]:
 
     path = onnx_models.build(Path(folder) / "fuzz.onnx", size=(32, 32))
     return tuple(
-        Classifier(parse_service_config({"model_path": str(path), "resize": resize, "exact_preprocessing": exact, "max_image_pixels": 4_000_000}).classifier)
+        Classifier.from_onnx_file(parse_service_config({"model_path": str(path), "resize": resize, "exact_preprocessing": exact, "max_image_pixels": 4_000_000}).classifier)
         for resize, exact in (("center_crop", False), ("letterbox", True))
     )
 

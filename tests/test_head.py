@@ -45,3 +45,20 @@ def test_a_leading_class_and_minimums_keep_index_order_among_ties():
     minimums = np.zeros(1000)
     minimums[:5] = np.inf  # classes 0-4 may not be reported
     assert indices(top_k(scores, LABELS, 3, minimums, first=700)) == [700, 5, 6]
+
+
+def test_auto_head_follows_the_graph_where_it_was_read_and_the_values_where_nothing_says():
+    from onnx_classifier.config import Head
+    from onnx_classifier.head import auto_head
+
+    distribution = np.array([0.7, 0.2, 0.1])
+    independent = np.array([0.9, 0.8, 0.1])  # sigmoid outputs: each in [0, 1], not summing to 1
+    logits = np.array([2.5, -1.0, 0.3])
+    assert auto_head(logits, Head.SIGMOID, True) is Head.NONE  # the graph ends in an activation
+    assert auto_head(distribution, None, True) is Head.NONE
+    assert auto_head(independent, None, True) is Head.SOFTMAX  # a read graph without an activation: logits
+    assert auto_head(independent, None, False) is Head.NONE  # nothing says: never softmax a sigmoid output
+    assert auto_head(logits, None, False) is Head.SOFTMAX
+    assert auto_head(np.array([3.2]), None, True) is Head.SIGMOID  # one class's logit: sigmoid, not a constant 1
+    assert auto_head(np.array([-1.5]), None, False) is Head.SIGMOID
+    assert auto_head(np.array([0.3]), None, False) is Head.NONE

@@ -25,7 +25,7 @@ TOLERANCE = 1e-3
 
 
 def load(model_path, **attributes) -> Classifier:
-    return Classifier(parse_service_config({"model_path": str(model_path), **attributes}).classifier)
+    return Classifier.from_onnx_file(parse_service_config({"model_path": str(model_path), **attributes}).classifier)
 
 
 def copy_export(name: str, tmp_path: Path) -> Path:
@@ -61,8 +61,9 @@ def test_answers_match_the_transformers_pipeline(name, photo_name):
 
 
 def test_folder_is_read_as_the_export():
-    vit = load(HF / "vit_single_label").model
-    assert vit.path == HF / "vit_single_label" / "model.onnx"
+    loaded = load(HF / "vit_single_label")
+    assert loaded.config.source.path == HF / "vit_single_label" / "model.onnx"
+    vit = loaded.model
     assert vit.labels == ("tabby cat", "espresso", "rocket", "coffee mug", "space shuttle", "tiger cat", "teapot", "missile")
     assert vit.head is Head.SOFTMAX
     pre = vit.preprocessing

@@ -14,7 +14,7 @@ RED_ISH = (200, 40, 90)
 
 
 def load(model_path, **attributes):
-    return Classifier(parse_service_config({"model_path": str(model_path), **attributes}).classifier)
+    return Classifier.from_onnx_file(parse_service_config({"model_path": str(model_path), **attributes}).classifier)
 
 
 def as_array(predictions):

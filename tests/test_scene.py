@@ -85,7 +85,7 @@ def test_region_pixels_are_whole_and_never_empty():
 
 @pytest.fixture(scope="module")
 def exact_classifier():
-    classifier = Classifier(parse_service_config({"exact_preprocessing": True}).classifier)
+    classifier = Classifier.from_onnx_file(parse_service_config({"exact_preprocessing": True}).classifier)
     yield classifier
     classifier.close()
 
@@ -111,7 +111,7 @@ def test_a_region_classifies_only_that_part_of_the_frame(exact_classifier):
 
 
 def test_the_fast_path_crops_a_jpeg_region_before_resizing():
-    fast = Classifier(parse_service_config({}).classifier)
+    fast = Classifier.from_onnx_file(parse_service_config({}).classifier)
     cat = Image.open(io.BytesIO(photo("chelsea.png"))).convert("RGB")
     frame = Image.new("RGB", (cat.width * 4, cat.height * 4), (90, 90, 90))
     frame.paste(cat, (cat.width * 3, cat.height * 3))

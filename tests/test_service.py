@@ -22,24 +22,24 @@ def config(attributes):
 
 async def test_reconfigure_with_the_same_model_does_not_reload_it():
     first = OnnxClassifier.new(config({}), {})
-    classifier = first.classifier
+    classifier, _ = first.loaded
     await first.close()
-    assert first.classifier is None
+    assert first.loaded is None
     # A change that does not touch the model (the threshold) reuses the loaded session.
     second = OnnxClassifier.new(config({"confidence_threshold": 0.2}), {})
-    assert second.classifier is classifier
+    assert second.loaded[0] is classifier
     await second.close()
 
 
 async def test_a_different_model_replaces_the_idle_one_and_closes_it(tmp_path):
     first = OnnxClassifier.new(config({}), {})
-    bundled = weakref.ref(first.classifier)
+    bundled = weakref.ref(first.loaded[0])
     await first.close()
     gc.collect()
     assert bundled() is not None  # idle, kept for an unchanged reconfigure
     other = OnnxClassifier.new(config({"model_path": str(onnx_models.build(tmp_path / "m.onnx"))}), {})
     assert bundled() is None  # the idle bundled model is freed when another loads, without a collection
-    loaded = other.classifier
+    loaded, _ = other.loaded
     await other.close()
     assert SHARED_CLASSIFIERS.loaded() == [loaded]
 
@@ -51,7 +51,7 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     a, b = shared.acquire(cfg), shared.acquire(cfg)
     assert a is b
     shared.release(a)
-    assert a._session is not None and shared.loaded() == [a]
+    assert a.backend._session is not None and shared.loaded() == [a]
     shared.release(b)
     assert shared.loaded() == [a]  # idle, kept for the next identical config
     assert shared.acquire(cfg) is a

@@ -125,7 +125,11 @@ async def test_do_command_info_stats_reset_and_unknown():
         assert info["model_sha256"] == hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()
         assert info["input"]["shape"][1:] == [3, 224, 224] and info["input"]["type"] == "tensor(float)"
         assert info["input"]["layout"] == "NCHW" and info["output"]["name"] == "logits"
-        assert info["labels"] == {"count": 1000, "first": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]}
+        assert info["backend"] == "onnxruntime" and info["labels"] == {
+            "count": 1000,
+            "first": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"],
+            "source": f"model sidecar {str(BUNDLED_MODEL.with_suffix('.json'))!r} key 'labels_path'",
+        }
         assert info["head"]["in_use"] == "softmax" and info["head"]["reason"].startswith("auto")
         assert info["preprocessing"]["resize"] == "center_crop" and info["preprocessing"]["input_size"] == [224, 224]
         assert info["providers"] == {"requested": ["CPUExecutionProvider"], "in_use": ["CPUExecutionProvider"]}

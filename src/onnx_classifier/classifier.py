@@ -1,148 +1,182 @@
-"""The classifier core: bytes in, top-k (label, confidence) out. No Viam imports."""
+"""The classifier core: bytes in, top-k (label, confidence) out. No Viam imports.
+
+A call runs in three stages, as transformers' pipelines do: `preprocess` (decode and fit the
+frame to the model's input, on a worker thread), `forward` (the backend runs the model), and
+`postprocess` (raw scores to confidences). The backend is the only part that differs between
+an ONNX file run in this process (`onnx_runtime.OnnxRuntime`) and a Viam ML model service
+(`mlmodel_backend.MLModelBackend`); the model's description, preprocessing, heads, labels and
+label rules are the same objects for both.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import hashlib
 import logging
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
-import onnxruntime as ort
 
 from .config import (
     ClassifierConfig,
     ConfigError,
     Head,
+    OnnxFile,
     Region,
+    Resize,
     ServiceConfig,
     check_label_names,
-    did_you_mean,
     parse_service_config,
 )
-from .cores import available_cores
-from .head import Prediction, confidences, is_distribution, top_k
-from .model import Layout, ResolvedModel, description_files, file_stamps, resolve_model
+from .cores import WORKERS
+from .head import Prediction, auto_head, confidences, top_k
+from .model import Layout, ResolvedModel, description_files, file_stamps, read_labels, resolve_model
+from .onnx_runtime import OnnxRuntime, resolve_providers
 from .preprocess import Preprocessor
 
-__all__ = ["Classifier", "Prediction", "SharedClassifiers"]
+__all__ = ["Backend", "Classifier", "InferenceTimeout", "InferenceUnavailable", "Prediction", "SharedClassifiers", "UnexpectedOutput"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-_warned_unavailable: set[str] = set()
+class Backend(Protocol):
+    """What runs the model: the input tensor in, the raw class-score output out."""
+
+    def describe(self) -> str:
+        """The model's source in words, for messages ("model_path '/m.onnx'", "ML model service 'm'")."""
+
+    async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
+        """The raw output for one input tensor; `timeout` is the seconds left to the caller."""
+
+    def info(self) -> dict[str, Any]:
+        """What runs the model and how, as plain JSON-able values (`backend`, `input`, `output`...)."""
 
 
-def resolve_providers(config: ClassifierConfig) -> tuple[str, ...]:
-    """The requested execution providers this onnxruntime build has, in the requested order.
-
-    A name onnxruntime does not know at all is an error; a known one missing from this build
-    is an error with `strict_providers`, else skipped with a warning (once per provider), and
-    the CPU provider is used when none is left.
-    """
-    known, available = ort.get_all_providers(), ort.get_available_providers()
-    for name in config.providers:
-        if name not in known:
-            hint = did_you_mean(name, known, "providers")
-            raise ConfigError(f"attribute 'providers': {name!r} is not an onnxruntime execution provider{hint}")
-    missing = [name for name in config.providers if name not in available]
-    if missing and config.strict_providers:
-        raise ConfigError(
-            f"attribute 'providers': {', '.join(map(repr, missing))} not available in the installed onnxruntime "
-            f"{ort.__version__} (available: {', '.join(available)}); install the onnxruntime package built with it, "
-            "or set 'strict_providers' to false to fall back"
-        )
-    for name in missing:
-        if name not in _warned_unavailable:
-            _warned_unavailable.add(name)
-            LOGGER.warning(
-                "execution provider %s is not available in onnxruntime %s (available: %s); falling back",
-                name, ort.__version__, ", ".join(available),
-            )
-    return tuple(name for name in config.providers if name in available) or ("CPUExecutionProvider",)
+class InferenceUnavailable(Exception):
+    """The backend cannot run the model now (an ML model service that is down or failing); a later call may succeed."""
 
 
-def validate_service_config(attributes: Any) -> tuple[ServiceConfig, ResolvedModel]:
+class InferenceTimeout(InferenceUnavailable):
+    """The backend did not answer within the time the call had left."""
+
+
+class UnexpectedOutput(Exception):
+    """The model's output is not what it was when the classifier was built (a changed model behind a service)."""
+
+
+def validate_service_config(attributes: Any) -> ServiceConfig:
     """Everything that can be checked without running the model: attributes, the model file,
-    its description, the execution providers and the label names the attributes use."""
+    its description, the execution providers and the label names the attributes use. A model
+    behind an ML model service is only known once the service answers; its labels file, if an
+    attribute names one, is checked here."""
     config = parse_service_config(attributes)
-    model = resolve_model(config.classifier)
-    resolve_providers(config.classifier)
-    labels = model.labels
-    if labels is None and model.spec.num_classes is not None:
-        labels = tuple(str(i) for i in range(model.spec.num_classes))
+    classifier = config.classifier
+    labels: Optional[tuple[str, ...]] = None
+    if isinstance(classifier.source, OnnxFile):
+        model = resolve_model(classifier)
+        resolve_providers(classifier.source)
+        labels = model.labels
+        if labels is None and model.spec.num_classes is not None:
+            labels = tuple(str(i) for i in range(model.spec.num_classes))
+    elif classifier.labels_path is not None:
+        labels = read_labels(classifier.labels_path, f"attribute 'labels_path' ({classifier.labels_path})")
     if labels is not None:
         check_label_names(config.labels, labels)
-    return config, model
+    return config
 
 
-def session_options(num_threads: Optional[int]) -> ort.SessionOptions:
-    """Threads that do not spin, so that between runs they leave the cores to the event loop and the decoder."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or available_cores()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+def blank_input(model: ResolvedModel) -> np.ndarray:
+    """An all-zero input tensor of the model's shape and type."""
+    spec, (height, width) = model.spec, model.input_size
+    shape = (1, spec.channels, height, width) if spec.layout is Layout.NCHW else (1, height, width, spec.channels)
+    return np.zeros(shape, spec.input_dtype)
 
 
 class Classifier:
-    """One loaded model with its labels and preprocessing; `classify` is safe to call from several threads."""
+    """One model with its labels and preprocessing, run by a backend. The stages are safe to call
+    from several threads and tasks at once.
 
-    def __init__(self, config: ClassifierConfig):
+    `blank_output` is the backend's output for `blank_input(model)`: it fixes a dynamic class
+    count and the output's shape, and is checked against the labels.
+    """
+
+    def __init__(self, config: ClassifierConfig, model: ResolvedModel, backend: Backend, blank_output: np.ndarray):
         self.config = config
-        self.model: ResolvedModel = resolve_model(config)
-        spec = self.model.spec
-        self._preprocess = Preprocessor(self.model, config.max_image_pixels)
-        self.options = session_options(config.num_threads)
-        try:
-            self._session: Optional[ort.InferenceSession] = ort.InferenceSession(
-                str(config.model_path), self.options, providers=list(resolve_providers(config))
+        self.model = model
+        self.backend = backend
+        self._preprocess = Preprocessor(model, config.max_image_pixels)
+        self.output_shape: tuple[int, ...] = tuple(blank_output.shape)
+        if sum(d != 1 for d in self.output_shape) > 1:
+            raise ConfigError(
+                f"{backend.describe()}: output {model.spec.output_name!r} gave shape {list(self.output_shape)} for an "
+                "image; expected class scores [N, C] or [C]"
             )
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ConfigError(f"model_path {str(config.model_path)!r} cannot be loaded by onnxruntime: {e}") from e
-        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
-        # One run on a blank input: it fixes a dynamic class count, checks the labels
-        # against it, and takes the first-call allocation cost off the first request.
-        height, width = self.model.input_size
-        shape = (1, spec.channels, height, width) if spec.layout is Layout.NCHW else (1, height, width, spec.channels)
-        scores = self._run(np.zeros(shape, spec.input_dtype))
-        if self.model.labels is not None and len(self.model.labels) != scores.size:
-            raise ConfigError(f"{len(self.model.labels)} labels were given but the model outputs {scores.size} classes")
-        self.labels: tuple[str, ...] = self.model.labels or tuple(str(i) for i in range(scores.size))
-        self._blank_output_is_distribution = is_distribution(np.asarray(scores, np.float64).reshape(-1))
-        self._sha256: Optional[str] = None
+        size = int(np.prod(self.output_shape))
+        if model.labels is not None and len(model.labels) != size:
+            raise ConfigError(
+                f"{model.labels_source} has {len(model.labels)} labels but {backend.describe()} outputs {size} "
+                f"classes (output {model.spec.output_name!r})"
+            )
+        self.labels: tuple[str, ...] = model.labels or tuple(str(i) for i in range(size))
+        spec = model.spec
+        blank = confidences(blank_output, Head.NONE, None, spec.output_quantization)
+        self._blank_head = auto_head(blank, spec.final_activation, spec.graph_read)
+
+    @classmethod
+    def from_onnx_file(cls, config: ClassifierConfig) -> Classifier:
+        """Load an ONNX file into onnxruntime and run it once on a blank input (which also takes the
+        first-call allocation cost off the first request)."""
+        assert isinstance(config.source, OnnxFile)
+        model = resolve_model(config)
+        backend = OnnxRuntime(config.source, model.spec)
+        return cls(config, model, backend, backend.run(blank_input(model)))
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def _run(self, tensor: np.ndarray) -> np.ndarray:
-        session = self._session
-        if session is None:
-            raise RuntimeError("the classifier is closed")
-        spec = self.model.spec
-        (raw,) = session.run([spec.output_name], {spec.input_name: tensor})
-        return raw if raw.ndim == 1 else raw[0]
-
     def preprocess(self, data: bytes, region: Optional[Region] = None, timings: Optional[dict[str, float]] = None) -> np.ndarray:
         """The model's input tensor for one encoded image (or `region` of it); raises DecodeError for bytes that are not one."""
         return self._preprocess(data, region, timings)
 
-    def scores(self, tensor: np.ndarray, timings: Optional[dict[str, float]] = None) -> np.ndarray:
+    async def forward(self, tensor: np.ndarray, timeout: Optional[float], timings: Optional[dict[str, float]] = None) -> np.ndarray:
+        """The backend's raw output for one input tensor."""
+        started = time.perf_counter()
+        raw = await self.backend.forward(tensor, timeout)
+        if timings is not None:
+            timings["inference"] = time.perf_counter() - started
+        return raw
+
+    def postprocess(self, raw: np.ndarray, timings: Optional[dict[str, float]] = None) -> np.ndarray:
         """Confidences in [0, 1] for every class, in label order."""
         started = time.perf_counter()
-        raw = self._run(tensor)
-        ran = time.perf_counter()
+        if tuple(raw.shape) != self.output_shape:
+            raise UnexpectedOutput(
+                f"{self.backend.describe()} returned output {self.model.spec.output_name!r} of shape {list(raw.shape)}, "
+                f"expected {list(self.output_shape)} (its shape when the service started)"
+            )
         spec = self.model.spec
-        result = confidences(raw, self.model.head, spec.final_activation, spec.output_quantization)
+        scores = confidences(raw, self.model.head, spec.final_activation, spec.output_quantization, spec.graph_read)
         if timings is not None:
-            timings["inference"] = ran - started
-            timings["postprocess"] = time.perf_counter() - ran
-        return result
+            timings["postprocess"] = time.perf_counter() - started
+        return scores
+
+    async def score(self, data: bytes, region: Optional[Region], timeout: Optional[float], timings: dict[str, float]) -> np.ndarray:
+        """All three stages for one encoded image, preprocessing on a worker thread."""
+        tensor = await asyncio.get_running_loop().run_in_executor(WORKERS, self.preprocess, data, region, timings)
+        return self.postprocess(await self.forward(tensor, timeout, timings), timings)
+
+    # In-process, synchronous use (the command line, the benchmark): the ONNX file backend only.
+
+    def scores(self, tensor: np.ndarray, timings: Optional[dict[str, float]] = None) -> np.ndarray:
+        """Confidences for one input tensor, run on the calling thread."""
+        started = time.perf_counter()
+        raw = self._local_backend().run(tensor)
+        if timings is not None:
+            timings["inference"] = time.perf_counter() - started
+        return self.postprocess(raw, timings)
 
     def image_scores(self, data: bytes, region: Optional[Region] = None, timings: Optional[dict[str, float]] = None) -> np.ndarray:
         return self.scores(self.preprocess(data, region, timings), timings)
@@ -151,72 +185,60 @@ class Classifier:
         """The top `count` predictions for one encoded image (JPEG, PNG or Viam RGBA), highest first."""
         return top_k(self.image_scores(data, region), self.labels, count, min_confidence)
 
+    def _local_backend(self) -> OnnxRuntime:
+        if not isinstance(self.backend, OnnxRuntime):
+            raise TypeError(f"{self.backend.describe()} runs outside this process: use the asynchronous stages")
+        return self.backend
+
     def head_in_use(self) -> tuple[Head, str]:
         """The activation applied to the model's output, and why it was chosen."""
-        head, spec, config = self.model.head, self.model.spec, self.config
+        head, spec = self.model.head, self.model.spec
         if head is not Head.AUTO:
-            source = "attribute 'head'" if config.head is not None else "the model description's 'head'"
-            return head, f"set by {source}"
+            return head, self.model.head_source
         if spec.final_activation is not None:
             name = spec.final_activation.value.capitalize()
             return Head.NONE, f"auto: the graph already ends in {name}, so its output is used as it is"
-        observed = "is" if self._blank_output_is_distribution else "is not"
-        return Head.SOFTMAX, (
-            "auto: softmax, unless a frame's output already is a probability distribution (checked on every frame; "
-            f"the output for a blank image {observed} one)"
+        rule = (
+            "scores that already form a probability distribution are used as they are"
+            if spec.graph_read
+            else "scores all in [0, 1] are used as they are (softmax or sigmoid outputs; nothing describes the model's head)"
+        )
+        return self._blank_head, (
+            f"auto, decided on every frame (this is its choice for a blank image): {rule}; anything else is taken "
+            "as logits (softmax, or sigmoid for a single class)"
         )
 
-    def model_sha256(self) -> str:
-        if self._sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.config.model_path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            self._sha256 = digest.hexdigest()
-        return self._sha256
+    def preprocessing_info(self) -> dict[str, Any]:
+        """The resolved recipe, with only the settings that apply to this model."""
+        pre = self.model.preprocessing
+        info = {
+            key: (value.value if hasattr(value, "value") else list(value) if isinstance(value, tuple) else value)
+            for key, value in dataclasses.asdict(pre).items()
+        }
+        if self.model.spec.input_dtype == np.uint8:
+            del info["mean"], info["std"]  # a uint8 input takes raw pixels
+        if pre.resize is not Resize.CENTER_CROP:
+            del info["crop_fraction"], info["crop_rounding"]
+        return {**info, "exact_preprocessing": self.model.exact_preprocessing, "max_image_pixels": self.config.max_image_pixels}
 
     def info(self) -> dict[str, Any]:
         """What was loaded and how it will be run, as plain JSON-able values."""
-        session = self._session
-        if session is None:
-            raise RuntimeError("the classifier is closed")
-        (model_input,) = session.get_inputs()
-        output = next(o for o in session.get_outputs() if o.name == self.model.spec.output_name)
         head, reason = self.head_in_use()
-        pre = self.model.preprocessing
         return {
-            "model_path": str(self.config.model_path),
-            "model_sha256": self.model_sha256(),
-            "input": {
-                "name": model_input.name,
-                "shape": list(model_input.shape),
-                "type": model_input.type,
-                "layout": self.model.spec.layout.value,
-            },
-            "output": {"name": output.name, "shape": list(output.shape), "type": output.type},
-            "labels": {"count": self.num_classes, "first": list(self.labels[:5])},
+            **self.backend.info(),
+            "labels": {"count": self.num_classes, "first": list(self.labels[:5]), "source": self.model.labels_source},
             "head": {"in_use": head.value, "reason": reason},
-            "preprocessing": {
-                **{k: (v.value if hasattr(v, "value") else list(v) if isinstance(v, tuple) else v)
-                   for k, v in dataclasses.asdict(pre).items()},
-                "exact_preprocessing": self.model.exact_preprocessing,
-                "max_image_pixels": self.config.max_image_pixels,
-            },
-            "providers": {"requested": list(self.config.providers), "in_use": list(self.providers)},
-            "threads": {
-                "intra_op": self.options.intra_op_num_threads,
-                "inter_op": self.options.inter_op_num_threads,
-                "spinning": False,
-            },
-            "onnxruntime_version": ort.__version__,
+            "preprocessing": self.preprocessing_info(),
         }
 
     def close(self) -> None:
-        self._session = None
+        """Free an in-process backend's session now rather than when the last reference goes."""
+        if isinstance(self.backend, OnnxRuntime):
+            self.backend.close()
 
 
 class SharedClassifiers:
-    """Loaded classifiers shared by equal configs, so that a reconfigure that changes
+    """Loaded ONNX-file classifiers shared by equal configs, so that a reconfigure that changes
     nothing else (Viam closes the old resource and builds a new one) does not reload
     the model. In-use classifiers are counted; of the released ones only the most
     recent is kept, and only until a different model is loaded, so memory stays bounded.
@@ -231,7 +253,9 @@ class SharedClassifiers:
 
     @staticmethod
     def _key(config: ClassifierConfig) -> tuple:
-        return config, file_stamps(config.model_path, config.labels_path, *description_files(config.model_path))
+        assert isinstance(config.source, OnnxFile)
+        path = config.source.path
+        return config, file_stamps(path, config.labels_path, *description_files(path))
 
     def acquire(self, config: ClassifierConfig) -> Classifier:
         key = self._key(config)
@@ -250,8 +274,8 @@ class SharedClassifiers:
                 # before the new one loads; a call still running on it holds it until that call ends.
                 del idle
         started = time.perf_counter()
-        classifier = Classifier(config)
-        LOGGER.info("loaded %s in %.2f s", config.model_path, time.perf_counter() - started)
+        classifier = Classifier.from_onnx_file(config)
+        LOGGER.info("loaded %s in %.2f s", classifier.backend.describe(), time.perf_counter() - started)
         with self._lock:
             if key in self._in_use:  # another thread loaded the same model meanwhile: use theirs
                 existing, users = self._in_use[key]

@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence, TextIO
 from PIL import Image, ImageDraw, ImageFont, JpegImagePlugin
 
 from .classifier import Classifier, validate_service_config
-from .config import ConfigError, ServiceConfig
+from .config import ConfigError, OnnxFile, ServiceConfig
 from .decode import DecodeError, load, open_image
 from .head import LabelFilter, Prediction
 
@@ -365,10 +365,15 @@ class Run:
 
 def load_classifier(args: argparse.Namespace, err: TextIO) -> tuple[ServiceConfig, Classifier]:
     """The configuration, checked as the service checks it, and its model loaded; ConfigError names the attribute."""
-    config, _ = validate_service_config(gather_attributes(args))
+    config = validate_service_config(gather_attributes(args))
     for warning in config.warnings:
         print(f"warning: {warning}", file=err)
-    return config, Classifier(config.classifier)
+    if not isinstance(config.classifier.source, OnnxFile):
+        raise ConfigError(
+            "attribute 'mlmodel_name' names an ML model service, which runs on a machine: the command line runs "
+            "ONNX files (model_path) in this process"
+        )
+    return config, Classifier.from_onnx_file(config.classifier)
 
 
 def prepare_output_folders(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from .paths import BUNDLED_MODEL, MODULE_ROOT
 
@@ -95,6 +95,7 @@ class ModelDescription:
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 DEFAULT_CAMERA_TIMEOUT_S = 5.0
+DEFAULT_MLMODEL_TIMEOUT_S = 10.0
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 # Every frame in the window keeps a confidence per class (8 KB for 1,000 classes): bounded per camera.
 MAX_SMOOTHING_WINDOW = 1000
@@ -117,19 +118,41 @@ class Region:
 
 
 @dataclass(frozen=True)
+class OnnxFile:
+    """An ONNX file that onnxruntime runs in this process, and how it runs it."""
+
+    path: Path
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    strict_providers: bool = False
+    num_threads: Optional[int] = None  # None: the cores available to the process
+
+
+@dataclass(frozen=True)
+class MLModelService:
+    """A Viam ML model service (`rdk:service:mlmodel`) that runs the model; this module only feeds it
+    tensors and reads its scores. A remote part's service is named `remote:name`."""
+
+    name: str
+    timeout_s: float = DEFAULT_MLMODEL_TIMEOUT_S
+
+    @property
+    def dependency(self) -> str:
+        # Fully qualified, so that a camera of the same name cannot make it ambiguous.
+        return f"rdk:service:mlmodel/{self.name}"
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """Everything that decides how a model is loaded and fed; equal configs can share one loaded model."""
 
-    model_path: Path
+    source: Union[OnnxFile, MLModelService]
     labels_path: Optional[Path] = None
-    output_name: Optional[str] = None
+    input_name: Optional[str] = None  # the image input, where the model has several (None: the only one)
+    output_name: Optional[str] = None  # the class scores, where the model has several outputs
     head: Optional[Head] = None  # None: the model description's, else AUTO
     preprocessing: Preprocessing = Preprocessing()
     exact_preprocessing: bool = False
-    num_threads: Optional[int] = None
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    providers: tuple[str, ...] = DEFAULT_PROVIDERS
-    strict_providers: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,15 +188,40 @@ class ServiceConfig:
         names = ((self.camera_name,) if self.camera_name else ()) + self.camera_names
         return tuple(dict.fromkeys(names))
 
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        """What viam-server must build before this service: its cameras and its ML model service."""
+        source = self.classifier.source
+        return self.cameras + ((source.dependency,) if isinstance(source, MLModelService) else ())
+
     def region_for(self, camera: Optional[str]) -> Optional[Region]:
         """The camera's own region, else the service's."""
         return dict(self.regions_by_camera).get(camera, self.region) if camera else self.region
 
 
 PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
+# Attributes that configure onnxruntime, which does not run the model when an ML model service does.
+ONNX_FILE_KEYS = ("model_path", "providers", "strict_providers", "num_threads")
+# Viam's built-in `mlmodel` vision service's names for settings this module has too, so that its
+# configs can be moved over as they are: alias -> this module's name.
+BUILTIN_ALIASES = {
+    "label_path": "labels_path",
+    "input_image_mean_value": "mean",
+    "input_image_std_dev": "std",
+    "input_image_bgr": "channel_order",
+    "default_minimum_confidence": "confidence_threshold",
+    "remap_input_names": "input_name",
+    "remap_output_names": "output_name",
+}
+# What the built-in service calls the image input and the class scores in its remap attributes.
+BUILTIN_INPUT_NAME = "image"
+BUILTIN_OUTPUT_NAME = "probability"
 SERVICE_KEYS = (
     "model_path",
+    "mlmodel_name",
+    "mlmodel_timeout_s",
     "labels_path",
+    "input_name",
     "output_name",
     "head",
     "confidence_threshold",
@@ -192,17 +240,30 @@ SERVICE_KEYS = (
     "label_confidences",
     "allowed_labels",
     "blocked_labels",
-) + PREPROCESSING_KEYS
+) + PREPROCESSING_KEYS + tuple(BUILTIN_ALIASES)
 DESCRIPTION_KEYS = ("labels_path", "labels", "head") + PREPROCESSING_KEYS
 
 
 class _Reader:
     """Typed access to one mapping of raw values, with errors that name the key and where it came from."""
 
-    def __init__(self, values: Mapping[str, Any], source: str, known: tuple[str, ...]):
+    def __init__(self, values: Mapping[str, Any], source: str, known: tuple[str, ...], aliases: Mapping[str, str] = {}):
         self.values = values
         self.source = source
+        self.aliases = {name: alias for alias, name in aliases.items()}
         self.unknown = [f"{source} {key!r} is not recognized{did_you_mean(key, known, 'keys')}" for key in values if key not in known]
+
+    def key(self, name: str) -> str:
+        """The key the values use for setting `name`: its own, or its alias (never both)."""
+        alias = self.aliases.get(name)
+        if alias is None or not self.present(alias):
+            return name
+        if self.present(name):
+            raise ConfigError(
+                f"{self.source}s {name!r} and {alias!r} (the built-in mlmodel vision service's name) are the same "
+                "setting: set one of them"
+            )
+        return alias
 
     def reject_unknown(self) -> None:
         if self.unknown:
@@ -321,11 +382,32 @@ class _Reader:
             resize=self.choice("resize", Resize),
             crop_fraction=self.number("crop_fraction", 0.0, 1.0, low_open=True),
             crop_rounding=self.choice("crop_rounding", CropRounding),
-            mean=self.numbers("mean", (1, 3)),
-            std=self.numbers("std", (1, 3), positive=True),
-            channel_order=self.choice("channel_order", ChannelOrder),
+            mean=self.numbers(self.key("mean"), (1, 3)),
+            std=self.numbers(self.key("std"), (1, 3), positive=True),
+            channel_order=self.channel_order(),
             interpolation=self.choice("interpolation", Interpolation),
         )
+
+    def channel_order(self) -> Optional[ChannelOrder]:
+        key = self.key("channel_order")
+        if key == "channel_order":
+            return self.choice(key, ChannelOrder)
+        bgr = self.boolean(key)  # the built-in's input_image_bgr
+        return None if bgr is None else ChannelOrder.BGR if bgr else ChannelOrder.RGB
+
+    def remapped(self, name: str, builtin_name: str) -> Optional[str]:
+        """A tensor name from `name`, or from the built-in's remap attribute: {model's name: builtin_name}."""
+        key = self.key(name)
+        if key == name:
+            return self.string(key)
+        remap = self.mapping(key) or {}
+        for model_name, builtin in remap.items():
+            if not isinstance(builtin, str):
+                raise self.fail(key, "an object of tensor names: {\"model's name\": \"the vision service's name\"}")
+        named = [model_name.strip() for model_name, builtin in remap.items() if builtin == builtin_name]
+        if len(named) > 1:
+            raise ConfigError(f"{self.source} {key!r} maps {len(named)} tensors to {builtin_name!r}: {', '.join(named)}")
+        return named[0] if named else None
 
 
 def did_you_mean(name: str, known: Sequence[str], what: str) -> str:
@@ -355,21 +437,18 @@ def parse_service_config(attributes: Mapping[str, Any]) -> ServiceConfig:
     An unrecognized attribute is not an error (a config written for a newer version
     still loads) but is reported in `warnings`, with the closest known names.
     """
-    r = _Reader(attributes, "attribute", SERVICE_KEYS)
+    r = _Reader(attributes, "attribute", SERVICE_KEYS, BUILTIN_ALIASES)
     camera_name = r.string("camera_name")
     camera_names = r.strings("camera_names") or ()
     classifier = ClassifierConfig(
-        # A folder is a Hugging Face export (optimum-cli export onnx), whose model is model.onnx.
-        model_path=r.path("model_path", MODULE_ROOT, in_folder="model.onnx") or BUNDLED_MODEL,
-        labels_path=r.path("labels_path", MODULE_ROOT),
-        output_name=r.string("output_name"),
+        source=_model_source(r),
+        labels_path=r.path(r.key("labels_path"), MODULE_ROOT),
+        input_name=r.remapped("input_name", BUILTIN_INPUT_NAME),
+        output_name=r.remapped("output_name", BUILTIN_OUTPUT_NAME),
         head=r.choice("head", Head),
         preprocessing=r.preprocessing(),
         exact_preprocessing=bool(r.boolean("exact_preprocessing")),
-        num_threads=r.integer("num_threads", 1),
         max_image_pixels=r.integer("max_image_pixels", 1) or DEFAULT_MAX_IMAGE_PIXELS,
-        providers=_providers(r),
-        strict_providers=bool(r.boolean("strict_providers")),
     )
     config = ServiceConfig(
         classifier=classifier,
@@ -396,6 +475,29 @@ def parse_service_config(attributes: Mapping[str, Any]) -> ServiceConfig:
     return config
 
 
+def _model_source(r: _Reader) -> Union[OnnxFile, MLModelService]:
+    """An ML model service when `mlmodel_name` is set; else an ONNX file, the bundled one by default."""
+    mlmodel_name = r.string("mlmodel_name")
+    if mlmodel_name is None:
+        if r.present("mlmodel_timeout_s"):
+            raise ConfigError("attribute 'mlmodel_timeout_s' applies only with 'mlmodel_name'")
+        return OnnxFile(
+            # A folder is a Hugging Face export (optimum-cli export onnx), whose model is model.onnx.
+            path=r.path("model_path", MODULE_ROOT, in_folder="model.onnx") or BUNDLED_MODEL,
+            providers=_providers(r),
+            strict_providers=bool(r.boolean("strict_providers")),
+            num_threads=r.integer("num_threads", 1),
+        )
+    for key in ONNX_FILE_KEYS:
+        if r.present(key):
+            raise ConfigError(
+                f"attribute {key!r} configures the ONNX file this module runs itself; with 'mlmodel_name' "
+                f"the ML model service {mlmodel_name!r} runs the model: remove {key!r}"
+            )
+    timeout = r.number("mlmodel_timeout_s", 0.0, 86400.0, low_open=True)
+    return MLModelService(mlmodel_name, timeout or DEFAULT_MLMODEL_TIMEOUT_S)
+
+
 def _providers(r: _Reader) -> tuple[str, ...]:
     providers = r.strings("providers")
     if providers is None:
@@ -414,7 +516,7 @@ def _label_rules(r: _Reader) -> LabelRules:
     if allowed is not None and not allowed:
         raise r.fail("allowed_labels", "a non-empty list of labels (leave it out to allow every label)")
     return LabelRules(
-        confidence_threshold=r.number("confidence_threshold", 0.0, 1.0) or 0.0,
+        confidence_threshold=r.number(r.key("confidence_threshold"), 0.0, 1.0) or 0.0,
         label_confidences=tuple((label.strip(), float(minimum)) for label, minimum in minimums.items()),
         allowed_labels=allowed,
         blocked_labels=blocked,
@@ -438,9 +540,12 @@ def parse_model_description(values: Mapping[str, Any], source: str, base: Path) 
         raise ConfigError(f"{source} must be a JSON object, got {type(values).__name__}")
     r = _Reader(values, f"{source} key", DESCRIPTION_KEYS)
     r.reject_unknown()
+    labels, labels_path = r.strings("labels"), r.path("labels_path", base)
+    labels_key = "labels_path" if labels_path is not None else "labels" if labels is not None else None
     return ModelDescription(
         preprocessing=r.preprocessing(),
         head=r.choice("head", Head),
-        labels=r.strings("labels"),
-        labels_path=r.path("labels_path", base),
+        labels=labels,
+        labels_path=labels_path,
+        labels_source=None if labels_key is None else f"{source} key {labels_key!r}",
     )

@@ -32,26 +32,46 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def in_unit_range(x: np.ndarray) -> bool:
+    return bool(x.min() >= 0.0 and x.max() <= 1.0)
+
+
 def is_distribution(x: np.ndarray) -> bool:
-    return bool(x.min() >= 0.0 and x.max() <= 1.0 and abs(x.sum() - 1.0) <= _DISTRIBUTION_TOLERANCE)
+    return in_unit_range(x) and abs(x.sum() - 1.0) <= _DISTRIBUTION_TOLERANCE
+
+
+def auto_head(scores: np.ndarray, final_activation: Optional[Head], graph_read: bool) -> Head:
+    """What `auto` applies to one row of (dequantized) scores; it never applies an activation twice.
+
+    A graph that ends in Softmax or Sigmoid is used as it is. Where the graph was read and ends in
+    neither, scores that already form a probability distribution are used as they are (a Softmax
+    followed by other ops); where nothing describes the model (an ML model service), scores all in
+    [0, 1] are, since they may be softmax or independent sigmoid outputs. Anything else is logits:
+    softmax, or sigmoid for a single class.
+    """
+    if final_activation is not None:
+        return Head.NONE
+    if is_distribution(scores) if graph_read else in_unit_range(scores):
+        return Head.NONE
+    return Head.SIGMOID if scores.size == 1 else Head.SOFTMAX
 
 
 def confidences(
-    raw: np.ndarray, head: Head, final_activation: Optional[Head], quantization: Optional[tuple[float, int]]
+    raw: np.ndarray,
+    head: Head,
+    final_activation: Optional[Head],
+    quantization: Optional[tuple[float, int]],
+    graph_read: bool = True,
 ) -> np.ndarray:
-    """One row of class scores as float64 confidences.
-
-    `auto` never applies an activation twice: a graph that already ends in Softmax
-    or Sigmoid, or an output that already is a probability distribution, is used
-    as it is; anything else is taken as logits and gets softmax.
-    """
+    """One row of class scores as float64 confidences in [0, 1]; a quantized output is dequantized
+    first, and `auto` decides per row (`auto_head`)."""
     scores = raw.reshape(-1).astype(np.float64)
     if quantization is not None:
         scale, zero_point = quantization
         scores = (scores - zero_point) * scale
     scores = np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
     if head is Head.AUTO:
-        head = Head.NONE if final_activation is not None or is_distribution(scores) else Head.SOFTMAX
+        head = auto_head(scores, final_activation, graph_read)
     if head is Head.SOFTMAX:
         scores = softmax(scores)
     elif head is Head.SIGMOID:

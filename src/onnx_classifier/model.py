@@ -1,9 +1,11 @@
-"""What an ONNX classifier file is, read from its graph without running it.
+"""What a classifier model is, read without running it: from an ONNX file's graph, or from
+the tensor descriptions an ML model service gives.
 
 This is what validation checks and what the classifier is built from: the one
 image input (layout, dtype, fixed size), the class-score output, whether the
 graph already ends in an activation, how a quantized output is dequantized, and
-the model's own description of its labels and preprocessing.
+the model's own description of its labels and preprocessing. Either source gives
+the same `ModelSpec`, and `resolve` decides the rest the same way for both.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -25,12 +27,16 @@ from . import hf
 from .config import (
     DESCRIPTION_KEYS,
     ChannelOrder,
+    BUILTIN_INPUT_NAME,
+    BUILTIN_OUTPUT_NAME,
     ClassifierConfig,
     ConfigError,
     CropRounding,
     Head,
     Interpolation,
+    MLModelService,
     ModelDescription,
+    OnnxFile,
     Preprocessing,
     Resize,
     parse_model_description,
@@ -74,6 +80,11 @@ DEFAULT_PREPROCESSING = Preprocessing(
     channel_order=ChannelOrder.RGB,
     interpolation=Interpolation.BILINEAR,
 )
+# Behind an ML model service, a float input gets what Viam's built-in mlmodel vision service feeds
+# it, (pixel/255 - 0.5) / 0.5, so that a config moved over from it gives the same answers.
+MLMODEL_PREPROCESSING = dataclasses.replace(DEFAULT_PREPROCESSING, mean=(0.5,), std=(0.5,))
+# ML model services name tensor types as numpy does; these are the ones an image input may have.
+MLMODEL_INPUT_TYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
 
 
 @dataclass(frozen=True)
@@ -89,20 +100,23 @@ class ModelSpec:
     num_classes: Optional[int]  # None when the class dimension is dynamic
     final_activation: Optional[Head]  # SOFTMAX or SIGMOID when the graph already applies one
     output_quantization: Optional[tuple[float, int]]  # (scale, zero point) of a uint8/int8 output
-    description: ModelDescription  # sidecar JSON over ONNX metadata
+    description: ModelDescription  # sidecar JSON over ONNX metadata, or what the ML model service says
+    # True when the graph was read, so final_activation None means it applies none; False when
+    # nothing says (an ML model service), so scores all in [0, 1] may be softmax or sigmoid outputs.
+    graph_read: bool = True
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model with everything about it decided: what validation approves and the classifier runs."""
 
-    path: Path
     spec: ModelSpec
     labels: Optional[tuple[str, ...]]  # None: class indices serve as labels
+    labels_source: str
     preprocessing: Preprocessing  # every field set
     head: Head
+    head_source: str  # what set `head`, for `info`
     exact_preprocessing: bool
-    num_threads: Optional[int]
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -111,10 +125,16 @@ class ResolvedModel:
 
 
 def resolve_model(config: ClassifierConfig) -> ResolvedModel:
-    """Combine attribute > model description > default, checking that they fit the graph."""
-    spec = inspect_model(config.model_path, config.output_name)
+    """An ONNX file's model: attribute > model description > default, checked against the graph."""
+    assert isinstance(config.source, OnnxFile)
+    spec = inspect_model(config.source.path, config.input_name, config.output_name)
+    return resolve(config, spec, DEFAULT_PREPROCESSING)
+
+
+def resolve(config: ClassifierConfig, spec: ModelSpec, defaults: Preprocessing) -> ResolvedModel:
+    """Combine attribute > model description > `defaults`, checking that they fit the model."""
     description = spec.description
-    pre = config.preprocessing.over(description.preprocessing).over(DEFAULT_PREPROCESSING)
+    pre = config.preprocessing.over(description.preprocessing).over(defaults)
 
     if spec.input_size is None and pre.input_size is None:
         raise ConfigError(
@@ -132,41 +152,132 @@ def resolve_model(config: ClassifierConfig) -> ResolvedModel:
             raise ConfigError(f"'{key}' has {len(values)} values but the model takes {spec.channels} channel(s)")
     pre = dataclasses.replace(pre, input_size=input_size)
 
+    labels: Optional[tuple[str, ...]]
     if config.labels_path is not None:
-        labels: Optional[tuple[str, ...]] = read_labels(config.labels_path)
         labels_source = f"attribute 'labels_path' ({config.labels_path})"
+        labels = read_labels(config.labels_path, labels_source)
     elif description.labels_path is not None:
-        labels = read_labels(description.labels_path)
-        labels_source = f"the model description's labels_path ({description.labels_path})"
-    else:
+        labels_source = description.labels_source or f"the model description's labels_path ({description.labels_path})"
+        try:
+            labels = read_labels(description.labels_path, labels_source)
+        except ConfigError as e:
+            raise ConfigError(f"{e}; or set attribute 'labels_path' to a labels file on this machine") from e
+    elif description.labels is not None:
         labels = description.labels
         labels_source = description.labels_source or "the model description's labels"
+    else:
+        labels, labels_source = None, "none: class indices"
     if labels is not None and spec.num_classes is not None and len(labels) != spec.num_classes:
         raise ConfigError(
             f"{labels_source} has {len(labels)} labels but output {spec.output_name!r} has {spec.num_classes} classes"
         )
 
+    if config.head is not None:
+        head, head_source = config.head, "set by attribute 'head'"
+    elif description.head is not None:
+        head, head_source = description.head, "set by the model description's 'head'"
+    else:
+        head, head_source = Head.AUTO, "auto"
     return ResolvedModel(
-        path=config.model_path,
         spec=spec,
         labels=labels,
+        labels_source=labels_source,
         preprocessing=pre,
-        head=config.head or description.head or Head.AUTO,
+        head=head,
+        head_source=head_source,
         exact_preprocessing=config.exact_preprocessing,
-        num_threads=config.num_threads,
     )
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
-    """One label per line; trailing blank lines are ignored."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as an ML model service describes it in its metadata."""
+
+    name: str
+    data_type: str  # numpy's name ("uint8", "float32"...), or "" when the service does not say
+    shape: tuple[int, ...]  # -1 for a dimension of any size; empty when the service does not say
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def describe_service_model(
+    service: MLModelService,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    input_name: Optional[str],
+    output_name: Optional[str],
+) -> ModelSpec:
+    """What an ML model service's metadata says about its model, read as an ONNX graph is read.
+
+    The image input is `input_name`, else the only input, else the one called "image" (the built-in
+    vision service's name); the class scores are `output_name`, else the output called "probability",
+    else the only output. A uint8 input takes raw pixels; a uint8 output is dequantized to [0, 1].
+    """
+    where = f"ML model service {service.name!r}"
+    image = _pick(inputs, input_name, "input_name", BUILTIN_INPUT_NAME, where, "input")
+    dims = [d if d > 0 else None for d in image.shape]
+    if not dims:
+        raise ConfigError(f"{where} gives no shape for input {image.name!r}; expected [N, H, W, C] or [N, C, H, W]")
+    layout, channels, input_size = _image_layout(image.name, dims, where)
+    data_type = image.data_type or "float32"  # services that leave it out (some ONNX ones) take float32
+    if data_type not in MLMODEL_INPUT_TYPES:
+        raise ConfigError(f"{where}: input {image.name!r} has data_type {image.data_type!r}; supported are uint8 and float32")
+
+    scores = _pick(outputs, output_name, "output_name", BUILTIN_OUTPUT_NAME, where, "output")
+    out_dims = [d if d > 0 else None for d in scores.shape]
+    if out_dims:
+        _check_score_shape(scores.name, out_dims, where)
+    labels_file = next((v for k in ("labels", "label") if isinstance(v := scores.extra.get(k), str) and v.strip()), None)
+    description = ModelDescription(
+        labels_path=Path(labels_file) if labels_file else None,
+        labels_source=f"the labels file {labels_file!r} that {where} names for output {scores.name!r}" if labels_file else None,
+    )
+    return ModelSpec(
+        input_name=image.name,
+        layout=layout,
+        channels=channels,
+        input_dtype=MLMODEL_INPUT_TYPES[data_type],
+        input_size=input_size,
+        output_name=scores.name,
+        num_classes=out_dims[-1] if out_dims else None,
+        final_activation=None,
+        output_quantization=(1.0 / 255.0, 0) if scores.data_type == "uint8" else None,
+        description=description,
+        graph_read=False,
+    )
+
+
+def _pick(
+    tensors: Sequence[TensorInfo], wanted: Optional[str], attribute: str, conventional: str, where: str, kind: str
+) -> TensorInfo:
+    """The tensor named by the attribute, else the only one, else the one with the conventional name."""
+    names = ", ".join(repr(t.name) for t in tensors) or "none"
+    by_name = {t.name: t for t in tensors}
+    if wanted is not None:
+        if wanted not in by_name:
+            raise ConfigError(f"attribute {attribute!r} {wanted!r} is not an {kind} of {where}; its {kind}s are: {names}")
+        return by_name[wanted]
+    if len(tensors) == 1:
+        return tensors[0]
+    if conventional in by_name:
+        return by_name[conventional]
+    if not tensors:
+        raise ConfigError(f"{where} reports no {kind}s in its metadata")
+    what = "the image" if kind == "input" else "the class scores (a detector's outputs are not: this service classifies)"
+    raise ConfigError(
+        f"{where} has {len(tensors)} {kind}s ({names}) and none named {conventional!r}: set attribute {attribute!r} to {what}"
+    )
+
+
+def read_labels(path: Path, source: str) -> tuple[str, ...]:
+    """One label per line; trailing blank lines are ignored. `source` says who named the file."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"labels file {str(path)!r} cannot be read: {e}") from e
+        raise ConfigError(f"{source}: labels file {str(path)!r} cannot be read: {e}") from e
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
-        raise ConfigError(f"labels file {str(path)!r} is empty")
+        raise ConfigError(f"{source}: labels file {str(path)!r} is empty")
     return tuple(line.strip() for line in lines)
 
 
@@ -192,12 +303,12 @@ def file_stamps(*paths: Optional[Path]) -> tuple:
     return tuple(stamps)
 
 
-def inspect_model(path: Path, output_name: Optional[str]) -> ModelSpec:
-    return _inspect_cached(path, file_stamps(path, *description_files(path)), output_name)
+def inspect_model(path: Path, input_name: Optional[str], output_name: Optional[str]) -> ModelSpec:
+    return _inspect_cached(path, file_stamps(path, *description_files(path)), input_name, output_name)
 
 
 @functools.lru_cache(maxsize=8)
-def _inspect_cached(path: Path, _stamps: tuple, output_name: Optional[str]) -> ModelSpec:
+def _inspect_cached(path: Path, _stamps: tuple, input_name: Optional[str], output_name: Optional[str]) -> ModelSpec:
     where = f"model_path {str(path)!r}"
     try:
         model = load_structure(path)
@@ -210,7 +321,14 @@ def _inspect_cached(path: Path, _stamps: tuple, output_name: Optional[str]) -> M
     if len(inputs) != 1:
         names = ", ".join(repr(i.name) for i in inputs)
         raise ConfigError(f"{where} has {len(inputs)} inputs ({names}); an image classifier takes exactly one")
-    layout, channels, input_dtype, input_size = _image_input(inputs[0], where)
+    if input_name is not None and input_name != inputs[0].name:
+        raise ConfigError(f"the image input {input_name!r} is not an input of {where}; its input is {inputs[0].name!r}")
+    layout, channels, input_size = _image_layout(inputs[0].name, _dims(inputs[0]), where)
+    input_dtype = _dtype(inputs[0])
+    if input_dtype not in SUPPORTED_INPUT_TYPES:
+        raise ConfigError(
+            f"{where}: input {inputs[0].name!r} has type {input_dtype}; supported are float32, float16 and uint8"
+        )
 
     output = _class_output(graph, output_name, where)
     out_dims = _dims(output)
@@ -250,9 +368,8 @@ def _dtype(value_info: onnx.ValueInfoProto) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type))
 
 
-def _image_input(value_info, where):
-    dims = _dims(value_info)
-    name = value_info.name
+def _image_layout(name: str, dims: Sequence[Optional[int]], where: str) -> tuple[Layout, int, Optional[tuple[int, int]]]:
+    """Layout, channels and fixed (height, width) of an image input's shape (None for a dynamic dimension)."""
     if len(dims) != 4:
         raise ConfigError(f"{where}: input {name!r} has shape {dims}; expected an image batch [N, C, H, W] or [N, H, W, C]")
     if dims[0] not in (None, 1):
@@ -263,11 +380,8 @@ def _image_input(value_info, where):
         layout, channels, size = Layout.NHWC, dims[3], (dims[1], dims[2])
     else:
         raise ConfigError(f"{where}: input {name!r} has shape {dims}; expected 1 or 3 channels in position 1 (NCHW) or 3 (NHWC)")
-    dtype = _dtype(value_info)
-    if dtype not in SUPPORTED_INPUT_TYPES:
-        raise ConfigError(f"{where}: input {name!r} has type {dtype}; supported are float32, float16 and uint8")
     fixed = None if None in size else (int(size[0]), int(size[1]))
-    return layout, channels, dtype, fixed
+    return layout, channels, fixed
 
 
 def _class_output(graph, output_name, where):
@@ -284,10 +398,13 @@ def _class_output(graph, output_name, where):
         raise ConfigError(
             f"{where} has {len(outputs)} outputs ({', '.join(outputs)}); set attribute 'output_name' to the class scores"
         )
-    dims = _dims(output)
-    if not (len(dims) == 1 or (len(dims) == 2 and dims[0] in (None, 1))):
-        raise ConfigError(f"{where}: output {output.name!r} has shape {dims}; expected class scores [N, C] or [C]")
+    _check_score_shape(output.name, _dims(output), where)
     return output
+
+
+def _check_score_shape(name: str, dims: Sequence[Optional[int]], where: str) -> None:
+    if not (len(dims) == 1 or (len(dims) == 2 and dims[0] in (None, 1))):
+        raise ConfigError(f"{where}: output {name!r} has shape {list(dims)}; expected class scores [N, C] or [C]")
 
 
 def _constant_values(graph) -> dict[str, Optional[np.ndarray]]:

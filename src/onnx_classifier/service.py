@@ -6,7 +6,6 @@ import asyncio
 import binascii
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, ClassVar, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
@@ -25,14 +24,22 @@ from viam.proto.service.vision import Classification, Detection, Detection3D
 from viam.resource.base import ResourceBase
 from viam.resource.easy_resource import EasyResource
 from viam.resource.types import Model
+from viam.services.mlmodel import MLModel
 from viam.services.vision import CaptureAllResult, Vision
 from viam.utils import ValueTypes, struct_to_dict
 
-from .classifier import Classifier, SharedClassifiers, validate_service_config
-from .config import ConfigError, Region, ServiceConfig, parse_region, parse_service_config
-from .cores import available_cores
+from .classifier import (
+    Classifier,
+    InferenceTimeout,
+    InferenceUnavailable,
+    SharedClassifiers,
+    UnexpectedOutput,
+    validate_service_config,
+)
+from .config import ConfigError, MLModelService, OnnxFile, Region, ServiceConfig, parse_region, parse_service_config
 from .decode import DecodeError
 from .head import LabelFilter
+from .mlmodel_backend import load_classifier
 from .paths import META_JSON
 from .smoothing import CameraSmoother
 from .stats import CallStats
@@ -66,9 +73,6 @@ if hasattr(hyperframe.frame, "_raw_data_repr"):
     hyperframe.frame._raw_data_repr = _hex_prefix_repr
 
 SHARED_CLASSIFIERS = SharedClassifiers()
-# Requests run off the event loop; as many at once as onnxruntime has threads, so a
-# burst queues here instead of oversubscribing the cores.
-INFERENCE_POOL = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="onnx-classifier")
 # capture_all_from_camera has no count of its own: it returns the conventional top-5.
 CAPTURE_COUNT = 5
 # What a camera may send beside its colour image.
@@ -80,19 +84,24 @@ class OnnxClassifier(Vision, EasyResource):
     MODEL: ClassVar[Model] = _model_from_meta()
 
     config: ServiceConfig
-    classifier: Optional[Classifier]
-    label_filter: LabelFilter
+    # The model and the label rules that apply to its labels; None until a model behind an ML
+    # model service has been described by it, and after close.
+    loaded: Optional[tuple[Classifier, LabelFilter]]
+    mlmodel: Optional[MLModel]  # the ML model service that runs the model, if one does
+    loading: Optional[asyncio.Task]
+    closed: bool
     cameras: Mapping[str, Camera]
     smoothers: dict[str, CameraSmoother]
     stats: CallStats
 
     @classmethod
     def validate_config(cls, config: ComponentConfig) -> Tuple[Sequence[str], Sequence[str]]:
-        """Check every attribute, the model file and the label names; the cameras are required dependencies."""
-        parsed, _ = validate_service_config(struct_to_dict(config.attributes))
+        """Check every attribute, the model file and the label names; the cameras and the ML model
+        service are required dependencies."""
+        parsed = validate_service_config(struct_to_dict(config.attributes))
         for warning in parsed.warnings:
             LOGGER.warning("vision service %r: %s (ignored)", config.name, warning)
-        return list(parsed.cameras), []
+        return list(parsed.dependencies), []
 
     @classmethod
     def new(cls, config: ComponentConfig, dependencies: Mapping[ResourceName, ResourceBase]) -> "OnnxClassifier":
@@ -103,24 +112,95 @@ class OnnxClassifier(Vision, EasyResource):
             if not isinstance(camera, Camera):
                 raise ConfigError(f"camera {name!r} is not among this service's dependencies")
             cameras[name] = camera
+        source = parsed.classifier.source
+        mlmodel = None
+        if isinstance(source, MLModelService):
+            mlmodel = dependencies.get(MLModel.get_resource_name(source.name))
+            if not isinstance(mlmodel, MLModel):
+                raise ConfigError(f"ML model service {source.name!r} is not among this service's dependencies")
         service = cls(config.name)
         service.config = parsed
         service.cameras = cameras
         service.smoothers = {}
         service.stats = CallStats()
-        service.classifier = SHARED_CLASSIFIERS.acquire(parsed.classifier)
-        try:
-            service.label_filter = LabelFilter(parsed.labels, service.classifier.labels)
-        except ConfigError:
-            SHARED_CLASSIFIERS.release(service.classifier)
-            raise
+        service.mlmodel = mlmodel
+        service.loading = None
+        service.closed = False
+        service.loaded = None
+        if isinstance(source, OnnxFile):
+            classifier = SHARED_CLASSIFIERS.acquire(parsed.classifier)
+            try:
+                service.loaded = (classifier, LabelFilter(parsed.labels, classifier.labels))
+            except ConfigError:
+                SHARED_CLASSIFIERS.release(classifier)
+                raise
+        else:
+            # new() cannot wait for the ML model service: its metadata is read by a task, and calls wait for it.
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # built outside an event loop (tests): the first call starts loading
+            else:
+                service._start_loading()
         return service
 
+    def _start_loading(self) -> asyncio.Task:
+        self.loading = asyncio.get_running_loop().create_task(self._load())
+        self.loading.add_done_callback(self._report_loading)
+        return self.loading
+
+    async def _load(self) -> None:
+        assert self.mlmodel is not None
+        started = time.perf_counter()
+        classifier = await load_classifier(self.config.classifier, self.mlmodel)
+        label_filter = LabelFilter(self.config.labels, classifier.labels)
+        if not self.closed:
+            self.loaded = (classifier, label_filter)
+        LOGGER.info(
+            "vision service %r: %s described its model in %.2f s (%d classes)",
+            self.name, classifier.backend.describe(), time.perf_counter() - started, classifier.num_classes,
+        )
+
+    def _report_loading(self, task: asyncio.Task) -> None:
+        """Log a failed load (which also marks its error as seen: a later call retries and reports it)."""
+        if not task.cancelled() and task.exception() is not None:
+            LOGGER.warning("vision service %r: %s", self.name, task.exception())
+
+    async def _ready(self, deadline: Optional[float]) -> tuple[Classifier, LabelFilter]:
+        """The loaded model and label rules, waiting for (or retrying) an ML model service's description."""
+        if self.loaded is not None:
+            return self.loaded
+        if self.closed:
+            raise ViamGRPCError(f"vision service {self.name!r} is closed", Status.UNAVAILABLE)
+        task = self.loading
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._start_loading()  # the previous attempt failed: this call tries again
+        try:
+            await asyncio.wait_for(asyncio.shield(task), _remaining(deadline))
+        except asyncio.TimeoutError as e:
+            raise ViamGRPCError(
+                f"{self._source_name()} had not described its model when the call's deadline passed", Status.DEADLINE_EXCEEDED
+            ) from e
+        except InferenceUnavailable as e:
+            raise ViamGRPCError(f"{e}; this service retries on the next call", Status.UNAVAILABLE) from e
+        except (ConfigError, UnexpectedOutput) as e:
+            raise ViamGRPCError(f"{self._source_name()} cannot be used as this classifier: {e}", Status.FAILED_PRECONDITION) from e
+        assert self.loaded is not None
+        return self.loaded
+
+    def _source_name(self) -> str:
+        source = self.config.classifier.source
+        return f"ML model service {source.name!r}" if isinstance(source, MLModelService) else f"model_path {str(source.path)!r}"
+
     async def close(self) -> None:
-        classifier, self.classifier = self.classifier, None
+        self.closed = True
+        loaded, self.loaded = self.loaded, None
         self.smoothers.clear()
-        if classifier is not None:
-            SHARED_CLASSIFIERS.release(classifier)
+        if self.loading is not None:
+            self.loading.cancel()
+        # The ML model service is not closed: it is a resource of its own, which others may use.
+        if loaded is not None and isinstance(self.config.classifier.source, OnnxFile):
+            SHARED_CLASSIFIERS.release(loaded[0])
 
     @property
     def smoothing(self) -> bool:
@@ -142,30 +222,42 @@ class OnnxClassifier(Vision, EasyResource):
         self.stats.record(method, timings)
         return result
 
-    async def _scores(self, data: bytes, region: Optional[Region], source: str, timings: dict[str, float]) -> np.ndarray:
-        classifier = self.classifier
-        if classifier is None:
-            raise ViamGRPCError(f"vision service {self.name!r} is closed", Status.UNAVAILABLE)
-        loop = asyncio.get_running_loop()
+    async def _classify(
+        self,
+        data: bytes,
+        count: int,
+        region: Optional[Region],
+        camera: Optional[str],
+        smoothing: bool,
+        deadline: Optional[float],
+        timings: dict[str, float],
+    ) -> List[Classification]:
+        """One frame's top `count` classifications; `camera` names the camera it came from (None: the client's image)."""
+        classifier, label_filter = await self._ready(deadline)
+        source = "image" if camera is None else f"image from camera {camera!r}"
         try:
-            return await loop.run_in_executor(INFERENCE_POOL, classifier.image_scores, data, region, timings)
+            scores = await classifier.score(data, region, _remaining(deadline), timings)
         except DecodeError as e:
             raise ViamGRPCError(f"{source}: {e}", Status.INVALID_ARGUMENT) from e
+        except InferenceTimeout as e:
+            raise ViamGRPCError(f"{source}: {e}", Status.DEADLINE_EXCEEDED) from e
+        except InferenceUnavailable as e:
+            raise ViamGRPCError(f"{source}: {e}", Status.UNAVAILABLE) from e
         except Exception as e:
             LOGGER.exception("vision service %r: classifying %s failed", self.name, source)
             raise ViamGRPCError(f"{source}: the model failed on this image: {e}", Status.INTERNAL) from e
+        return self._select(scores, label_filter, count, camera, smoothing)
 
-    def _select(self, scores: np.ndarray, count: int, camera: Optional[str], smoothing: bool) -> List[Classification]:
+    def _select(
+        self, scores: np.ndarray, label_filter: LabelFilter, count: int, camera: Optional[str], smoothing: bool
+    ) -> List[Classification]:
         held = None
         if camera is not None and smoothing and self.smoothing:
             smoother = self.smoothers.get(camera)
             if smoother is None:
                 smoother = self.smoothers[camera] = CameraSmoother(self.config.smoothing_window, self.config.label_hold_frames)
-            scores, held = smoother.update(scores, self.label_filter.best)
-        return [
-            Classification(class_name=p.label, confidence=p.confidence)
-            for p in self.label_filter.select(scores, count, first=held)
-        ]
+            scores, held = smoother.update(scores, label_filter.best)
+        return [Classification(class_name=p.label, confidence=p.confidence) for p in label_filter.select(scores, count, first=held)]
 
     def _call_options(self, extra: Optional[Mapping[str, Any]], camera: Optional[str]) -> tuple[Optional[Region], bool]:
         """The region and whether to smooth, from the call's `extra` over the configuration."""
@@ -234,10 +326,11 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> List[Classification]:
+        deadline = _deadline(timeout)
+
         async def work(timings: dict[str, float]) -> List[Classification]:
             region, _ = self._call_options(extra, None)
-            scores = await self._scores(image.data, region, "image", timings)
-            return self._select(scores, count, None, False)
+            return await self._classify(image.data, count, region, None, False, deadline, timings)
 
         return await self._observed("get_classifications", work)
 
@@ -250,12 +343,13 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> List[Classification]:
+        deadline = _deadline(timeout)
+
         async def work(timings: dict[str, float]) -> List[Classification]:
             name, camera = self._camera(camera_name)
             region, smoothing = self._call_options(extra, name)  # a bad request fails before the camera is asked
             frame = await self._frame(name, camera, timeout, timings)
-            scores = await self._scores(frame.data, region, f"image from camera {name!r}", timings)
-            return self._select(scores, count, name, smoothing)
+            return await self._classify(frame.data, count, region, name, smoothing, deadline, timings)
 
         return await self._observed("get_classifications_from_camera", work)
 
@@ -272,6 +366,8 @@ class OnnxClassifier(Vision, EasyResource):
         timeout: Optional[float] = None,
         **kwargs,
     ) -> CaptureAllResult:
+        deadline = _deadline(timeout)
+
         async def work(timings: dict[str, float]) -> CaptureAllResult:
             # Data capture asks for everything; what a classifier cannot give stays None.
             name, camera = self._camera(camera_name)
@@ -281,8 +377,7 @@ class OnnxClassifier(Vision, EasyResource):
             if return_image:
                 result.image = frame
             if return_classifications:
-                scores = await self._scores(frame.data, region, f"image from camera {name!r}", timings)
-                result.classifications = self._select(scores, CAPTURE_COUNT, name, smoothing)
+                result.classifications = await self._classify(frame.data, CAPTURE_COUNT, region, name, smoothing, deadline, timings)
             return result
 
         return await self._observed("capture_all_from_camera", work)
@@ -319,9 +414,7 @@ class OnnxClassifier(Vision, EasyResource):
         "reset": clear the stats and every camera's smoothing state."""
         name = command.get("command")
         if name == "info":
-            classifier = self.classifier
-            if classifier is None:
-                raise ViamGRPCError(f"vision service {self.name!r} is closed", Status.UNAVAILABLE)
+            classifier, _ = await self._ready(_deadline(timeout))
             info = dict(await asyncio.to_thread(classifier.info))  # hashes the model file once
             info["service"] = self._service_info()
             return info
@@ -353,6 +446,15 @@ class OnnxClassifier(Vision, EasyResource):
             "allowed_labels": None if rules.allowed_labels is None else list(rules.allowed_labels),
             "blocked_labels": list(rules.blocked_labels),
         }
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """When a call with `timeout` seconds left must be answered, on the event loop's clock."""
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
 
 
 class ClassifierModule(Module):
