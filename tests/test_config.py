@@ -230,6 +230,32 @@ def test_relative_paths_resolve_against_the_module_folder():
     assert config.classifier.model_path.is_absolute() and config.classifier.model_path.is_file()
 
 
+def test_paths_expand_environment_variables_and_the_home_folder(tmp_path, monkeypatch):
+    """viam-server gives modules $VIAM_MODULE_DATA; the module's own folder lies under ~/.viam/packages."""
+    data, home = tmp_path / "data", tmp_path / "home"
+    data.mkdir()
+    home.mkdir()
+    model = onnx_models.build(data / "model.onnx")
+    labels = home / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(onnx_models.NUM_CLASSES)))
+    monkeypatch.setenv("VIAM_MODULE_DATA", str(data))
+    monkeypatch.setenv("HOME", str(home))
+    for model_path in ("$VIAM_MODULE_DATA/model.onnx", "${VIAM_MODULE_DATA}/model.onnx", "$VIAM_MODULE_DATA"):
+        for labels_path in ("~/labels.txt", "$HOME/labels.txt"):
+            config, _ = validate({"model_path": model_path, "labels_path": labels_path})
+            assert (config.classifier.model_path, config.classifier.labels_path) == (model, labels)
+
+
+def test_an_unset_environment_variable_in_a_path_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIAM_MODULE_DATA", raising=False)
+    rejects(
+        {"model_path": "$VIAM_MODULE_DATA/m.onnx"},
+        "attribute 'model_path': environment variable $VIAM_MODULE_DATA is not set (in '$VIAM_MODULE_DATA/m.onnx')",
+    )
+    monkeypatch.setenv("MODELS", str(tmp_path))
+    rejects({"labels_path": "${MODELS}/${LABELS_FILE}"}, "attribute 'labels_path': environment variable $LABELS_FILE is not set")
+
+
 def test_integral_doubles_from_protobuf_structs_are_integers():
     config, _ = validate({"num_threads": 2.0, "input_size": [224.0, 224.0]})
     assert config.classifier.num_threads == 2 and isinstance(config.classifier.num_threads, int)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -194,6 +195,8 @@ SERVICE_KEYS = (
     "blocked_labels",
 ) + PREPROCESSING_KEYS
 DESCRIPTION_KEYS = ("labels_path", "labels", "head") + PREPROCESSING_KEYS
+# $NAME or ${NAME}, as os.path.expandvars reads them.
+ENVIRONMENT_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
 
 
 class _Reader:
@@ -287,11 +290,19 @@ class _Reader:
         return tuple(v.strip() for v in value)
 
     def path(self, key: str, base: Path, *, in_folder: Optional[str] = None) -> Optional[Path]:
-        """A file; with `in_folder`, a folder may be named instead and stands for that file in it."""
+        """A file, after `~` and environment variables (`$VIAM_MODULE_DATA/m.onnx`) are expanded, relative
+        to `base` unless absolute; with `in_folder`, a folder may be named instead and stands for that file in it."""
         text = self.string(key)
         if text is None:
             return None
-        path = Path(os.path.expanduser(text))
+        # os.path.expandvars would leave an unset variable in the path, to fail later as a missing file.
+        names = [reference.strip("{}") for reference in ENVIRONMENT_VARIABLE.findall(text)]
+        unset = [name for name in names if name not in os.environ]
+        if unset:
+            raise ConfigError(
+                f"{self.source} {key!r}: environment variable ${unset[0]} is not set (in {text!r})"
+            )
+        path = Path(os.path.expandvars(os.path.expanduser(text)))
         path = path if path.is_absolute() else base / path
         if in_folder is not None and path.is_dir():
             if not (path / in_folder).is_file():
