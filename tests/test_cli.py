@@ -250,6 +250,25 @@ def test_usage_errors_exit_2(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_a_count_of_zero_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["-n", "0", str(DATA / "coffee.png")])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "run.sh classify: error: argument -n/--count: must be 1 or more, got 0" in captured.err
+
+
+@pytest.mark.parametrize("option", ["--sort-into", "--annotate"])
+def test_an_output_folder_that_is_a_file_is_a_usage_error(capsys, tmp_path, option):
+    taken = tmp_path / "results.txt"
+    taken.write_text("a file, not a folder")
+    status, out, err = run(capsys, option, taken, DATA / "coffee.png")
+    assert status == 2 and out == ""
+    assert err == f"run.sh classify: error: {option} {taken}: not a folder (a file of that name exists)\n"
+    assert taken.read_text() == "a file, not a folder"
+
+
 # --info
 
 
