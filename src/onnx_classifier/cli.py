@@ -403,7 +403,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config, classifier = load_classifier(args, err)
         if args.info:
-            out.write(json.dumps(classifier.info(), indent=2, ensure_ascii=False) + "\n")
+            info = {**classifier.info(), "service": config.summary()}
+            out.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
             return 0
         prepare_output_folders(args)
     except (UsageError, ConfigError) as e:

@@ -116,6 +116,9 @@ class Region:
         right, bottom = max(left + 1, round(self.x_max * width)), max(top + 1, round(self.y_max * height))
         return left, top, right, bottom
 
+    def as_list(self) -> list[float]:
+        return [self.x_min, self.y_min, self.x_max, self.y_max]
+
 
 @dataclass(frozen=True)
 class ClassifierConfig:
@@ -169,6 +172,26 @@ class ServiceConfig:
     def region_for(self, camera: Optional[str]) -> Optional[Region]:
         """The camera's own region, else the service's."""
         return dict(self.regions_by_camera).get(camera, self.region) if camera else self.region
+
+    def summary(self) -> dict[str, Any]:
+        """The service's settings as JSON values: the "service" part of do_command "info" and of the CLI's
+        --info. A setting that is not set is left out rather than None: do_command results travel as a
+        protobuf Struct, and the Python SDK turns None into 0 on the way."""
+        rules = self.labels
+        values = {
+            "cameras": list(self.cameras),
+            "default_camera": self.camera_name,
+            "camera_timeout_s": self.camera_timeout_s,
+            "region": None if self.region is None else self.region.as_list(),
+            "regions_by_camera": {camera: region.as_list() for camera, region in self.regions_by_camera},
+            "smoothing_window": self.smoothing_window,
+            "label_hold_frames": self.label_hold_frames,
+            "confidence_threshold": rules.confidence_threshold,
+            "label_confidences": dict(rules.label_confidences),
+            "allowed_labels": None if rules.allowed_labels is None else list(rules.allowed_labels),
+            "blocked_labels": list(rules.blocked_labels),
+        }
+        return {key: value for key, value in values.items() if value is not None}
 
 
 PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))

@@ -323,7 +323,7 @@ class OnnxClassifier(Vision, EasyResource):
             if classifier is None:
                 raise ViamGRPCError(f"vision service {self.name!r} is closed", Status.UNAVAILABLE)
             info = dict(await asyncio.to_thread(classifier.info))  # hashes the model file once
-            info["service"] = self._service_info()
+            info["service"] = self.config.summary()
             return info
         if name == "stats":
             return self.stats.report()
@@ -333,26 +333,6 @@ class OnnxClassifier(Vision, EasyResource):
             return {"reset": ["stats", "smoothing"]}
         known = ", ".join(repr(c) for c in COMMANDS)
         raise ViamGRPCError(f"unknown command {name!r}: send {{\"command\": ...}} with one of {known}", Status.INVALID_ARGUMENT)
-
-    def _service_info(self) -> dict[str, Any]:
-        config, rules = self.config, self.config.labels
-
-        def region(r: Optional[Region]) -> Optional[list[float]]:
-            return None if r is None else [r.x_min, r.y_min, r.x_max, r.y_max]
-
-        return {
-            "cameras": list(config.cameras),
-            "default_camera": config.camera_name,
-            "camera_timeout_s": config.camera_timeout_s,
-            "region": region(config.region),
-            "regions_by_camera": {camera: region(r) for camera, r in config.regions_by_camera},
-            "smoothing_window": config.smoothing_window,
-            "label_hold_frames": config.label_hold_frames,
-            "confidence_threshold": rules.confidence_threshold,
-            "label_confidences": dict(rules.label_confidences),
-            "allowed_labels": None if rules.allowed_labels is None else list(rules.allowed_labels),
-            "blocked_labels": list(rules.blocked_labels),
-        }
 
 
 class ClassifierModule(Module):
