@@ -242,6 +242,14 @@ def test_unknown_attributes_are_warned_about_as_the_service_does(capsys):
     assert "warning: attribute 'confidence_treshold' is not recognized; did you mean 'confidence_threshold'" in err
 
 
+def test_unknown_sidecar_keys_are_warned_about_as_unknown_attributes_are(capsys, tmp_path):
+    model = onnx_models.build(tmp_path / "small.onnx", sidecar={"labels": SMALL_LABELS, "lables_path": "names.txt"})
+    status, out, err = run(capsys, "--model", model, "-n", 1, DATA / "coffee.png")
+    assert status == 0 and out.split(":")[0] in SMALL_LABELS
+    sidecar = str(model.with_suffix(".json"))
+    assert f"warning: model sidecar {sidecar!r} key 'lables_path' is not recognized; did you mean 'labels_path'?" in err
+
+
 def test_usage_errors_exit_2(capsys):
     for argv in ([], ["-n", "-1", str(DATA / "coffee.png")], ["--info", str(DATA / "coffee.png")], ["--format", "xml", "x.png"]):
         with pytest.raises(SystemExit) as exited:

@@ -7,6 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_classifier import ConfigError
 from onnx_classifier.classifier import validate_service_config
+from onnx_classifier.config import DESCRIPTION_KEYS
 
 from . import onnx_models
 
@@ -219,10 +220,21 @@ def test_sidecar_errors_name_the_sidecar(tmp_path):
     path = onnx_models.build(tmp_path / "m.onnx")
     path.with_suffix(".json").write_text("{not json")
     rejects({"model_path": str(path)}, "sidecar", "m.json", "not valid JSON")
-    path.with_suffix(".json").write_text('{"mean": [0.5], "labelz": []}')
-    rejects({"model_path": str(path)}, "sidecar", "'labelz'", "did you mean 'labels'")
     path.with_suffix(".json").write_text('{"labels": ["a", "b"]}')
     rejects({"model_path": str(path)}, "2 labels", "5 classes")
+
+
+def test_unknown_sidecar_keys_are_warnings_as_unknown_attributes_are(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text('{"mean": [0.5], "labelz": ["a"], "zzz": 1}')
+    config, model = validate({"model_path": str(path)})
+    assert model.preprocessing.mean == (0.5,)  # the keys it knows still apply
+    assert model.spec.description.warnings == (
+        f"model sidecar {str(sidecar)!r} key 'labelz' is not recognized; did you mean 'labels'?",
+        f"model sidecar {str(sidecar)!r} key 'zzz' is not recognized; known keys are: {', '.join(DESCRIPTION_KEYS)}",
+    )
+    assert config.warnings == ()
 
 
 def test_relative_paths_resolve_against_the_module_folder():

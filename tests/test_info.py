@@ -1,6 +1,8 @@
-"""do_command "info" through the real module protocol: what a Python client receives is the
-configuration as set, with no None turned into 0 on the way, and the CLI's --info prints the same."""
+"""Through the real module protocol: do_command "info" as a Python client receives it (the
+configuration as set, with no None turned into 0 on the way, and what the CLI's --info prints),
+and a model sidecar's unknown key as a warning in the log, as an unknown attribute is."""
 
+import asyncio
 import json
 
 from onnx_classifier import cli
@@ -65,3 +67,16 @@ async def test_info_arrives_without_none_stand_ins_and_matches_the_cli(tmp_path,
     full = received["service"]
     assert full["default_camera"] == "front" and full["region"] == [0.25, 0, 1, 0.5]
     assert full["allowed_labels"] == ["green", "plain"] and full["regions_by_camera"] == {"back": [0, 0, 0.5, 0.5]}
+
+
+async def test_an_unknown_sidecar_key_is_a_warning_in_the_log_not_a_validation_error(tmp_path):
+    model = onnx_models.build(tmp_path / "small.onnx", sidecar={"labels": SMALL_LABELS, "hed": "sigmoid"})
+    expected = f"model sidecar {str(model.with_suffix('.json'))!r} key 'hed' is not recognized; did you mean 'head'? (ignored)"
+    async with running_module([]) as module:
+        validated = await module.validate({"model_path": str(model)})
+        assert list(validated.dependencies) == []
+        for _ in range(100):  # the log line travels to the parent on its own
+            if expected in module.log():
+                break
+            await asyncio.sleep(0.05)
+        assert f"vision service 'classifier': {expected}" in module.log()

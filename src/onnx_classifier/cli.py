@@ -366,8 +366,8 @@ class Run:
 
 def load_classifier(args: argparse.Namespace, err: TextIO) -> tuple[ServiceConfig, Classifier]:
     """The configuration, checked as the service checks it, and its model loaded; ConfigError names the attribute."""
-    config, _ = validate_service_config(gather_attributes(args))
-    for warning in config.warnings:
+    config, model = validate_service_config(gather_attributes(args))
+    for warning in config.warnings + model.spec.description.warnings:
         print(f"warning: {warning}", file=err)
     return config, Classifier(config.classifier)
 

@@ -92,6 +92,7 @@ class ModelDescription:
     labels: Optional[tuple[str, ...]] = None
     labels_path: Optional[Path] = None
     labels_source: Optional[str] = None  # where `labels` came from, for messages; None: the description's keys
+    warnings: tuple[str, ...] = ()  # keys that were ignored, and why
 
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -229,10 +230,6 @@ class _Reader:
         self.values = values
         self.source = source
         self.unknown = [f"{source} {key!r} is not recognized{did_you_mean(key, known, 'keys')}" for key in values if key not in known]
-
-    def reject_unknown(self) -> None:
-        if self.unknown:
-            raise ConfigError(self.unknown[0])
 
     def fail(self, key: str, expected: str) -> ConfigError:
         return ConfigError(f"{self.source} {key!r} must be {expected}, got {self.values[key]!r}")
@@ -467,14 +464,18 @@ def check_label_names(rules: LabelRules, labels: Sequence[str]) -> None:
 
 
 def parse_model_description(values: Mapping[str, Any], source: str, base: Path) -> ModelDescription:
-    """Parse a model's own description: its sidecar JSON (paths relative to it) or its ONNX metadata."""
+    """Parse a model's own description: its sidecar JSON (paths relative to it) or its ONNX metadata.
+
+    An unrecognized key is reported in `warnings`, as an unrecognized attribute is: people write
+    sidecars too, and one written for a newer version of the module still loads.
+    """
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source} must be a JSON object, got {type(values).__name__}")
     r = _Reader(values, f"{source} key", DESCRIPTION_KEYS)
-    r.reject_unknown()
     return ModelDescription(
         preprocessing=r.preprocessing(),
         head=r.choice("head", Head),
         labels=r.strings("labels"),
         labels_path=r.path("labels_path", base),
+        warnings=tuple(r.unknown),
     )

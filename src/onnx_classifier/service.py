@@ -89,8 +89,8 @@ class OnnxClassifier(Vision, EasyResource):
     @classmethod
     def validate_config(cls, config: ComponentConfig) -> Tuple[Sequence[str], Sequence[str]]:
         """Check every attribute, the model file and the label names; the cameras are required dependencies."""
-        parsed, _ = validate_service_config(struct_to_dict(config.attributes))
-        for warning in parsed.warnings:
+        parsed, model = validate_service_config(struct_to_dict(config.attributes))
+        for warning in parsed.warnings + model.spec.description.warnings:
             LOGGER.warning("vision service %r: %s (ignored)", config.name, warning)
         return list(parsed.cameras), []
 
