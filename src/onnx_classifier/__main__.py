@@ -6,6 +6,7 @@ or, in TCP mode, `HOST:PORT`. Anything else in that place is taken as a command 
 mistyped command is answered with a hint instead of starting a server on a socket named after it.
 """
 
+import asyncio
 import importlib
 import os
 import re
@@ -59,9 +60,7 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write(usage())
         return 0
     if is_serve_address(first):
-        import asyncio
-
-        from .service import ClassifierModule, OnnxClassifier
+        from .service import ClassifierModule, OnnxClassifier  # the Viam SDK only when serving
 
         asyncio.run(ClassifierModule.run_with_models(OnnxClassifier))  # the SDK reads sys.argv itself
         return 0
