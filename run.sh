@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Registry entrypoint. viam-server runs `run.sh <socket_path> [--log-level=...]`;
-# `run.sh classify IMAGE...` classifies files from the command line instead.
+# `run.sh COMMAND ...` (`run.sh classify IMAGE...`) runs a command instead, and `run.sh --help` lists them.
 # The first start creates the module's virtual environment beside this script.
 set -euo pipefail
 

@@ -242,12 +242,39 @@ def test_unknown_attributes_are_warned_about_as_the_service_does(capsys):
     assert "warning: attribute 'confidence_treshold' is not recognized; did you mean 'confidence_threshold'" in err
 
 
+def test_unknown_sidecar_keys_are_warned_about_as_unknown_attributes_are(capsys, tmp_path):
+    model = onnx_models.build(tmp_path / "small.onnx", sidecar={"labels": SMALL_LABELS, "lables_path": "names.txt"})
+    status, out, err = run(capsys, "--model", model, "-n", 1, DATA / "coffee.png")
+    assert status == 0 and out.split(":")[0] in SMALL_LABELS
+    sidecar = str(model.with_suffix(".json"))
+    assert f"warning: model sidecar {sidecar!r} key 'lables_path' is not recognized; did you mean 'labels_path'?" in err
+
+
 def test_usage_errors_exit_2(capsys):
     for argv in ([], ["-n", "-1", str(DATA / "coffee.png")], ["--info", str(DATA / "coffee.png")], ["--format", "xml", "x.png"]):
         with pytest.raises(SystemExit) as exited:
             cli.main(argv)
         assert exited.value.code == 2
     assert capsys.readouterr().out == ""
+
+
+def test_a_count_of_zero_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["-n", "0", str(DATA / "coffee.png")])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "run.sh classify: error: argument -n/--count: must be 1 or more, got 0" in captured.err
+
+
+@pytest.mark.parametrize("option", ["--sort-into", "--annotate"])
+def test_an_output_folder_that_is_a_file_is_a_usage_error(capsys, tmp_path, option):
+    taken = tmp_path / "results.txt"
+    taken.write_text("a file, not a folder")
+    status, out, err = run(capsys, option, taken, DATA / "coffee.png")
+    assert status == 2 and out == ""
+    assert err == f"run.sh classify: error: {option} {taken}: not a folder (a file of that name exists)\n"
+    assert taken.read_text() == "a file, not a folder"
 
 
 # --info

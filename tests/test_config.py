@@ -8,13 +8,15 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_classifier import ConfigError
 from onnx_classifier.classifier import validate_service_config
 from onnx_classifier.model import resolve_model
+from onnx_classifier.config import DESCRIPTION_KEYS
 
 from . import onnx_models
 
 
 def validate(attributes):
-    """What the service's validate_config does, without Viam."""
-    return validate_service_config(attributes)
+    """What the service's validate_config does, without Viam: the parsed config."""
+    config, _ = validate_service_config(attributes)
+    return config
 
 
 def rejects(attributes, *fragments):
@@ -220,15 +222,52 @@ def test_sidecar_errors_name_the_sidecar(tmp_path):
     path = onnx_models.build(tmp_path / "m.onnx")
     path.with_suffix(".json").write_text("{not json")
     rejects({"model_path": str(path)}, "sidecar", "m.json", "not valid JSON")
-    path.with_suffix(".json").write_text('{"mean": [0.5], "labelz": []}')
-    rejects({"model_path": str(path)}, "sidecar", "'labelz'", "did you mean 'labels'")
     path.with_suffix(".json").write_text('{"labels": ["a", "b"]}')
     rejects({"model_path": str(path)}, "2 labels", "5 classes")
+
+
+def test_unknown_sidecar_keys_are_warnings_as_unknown_attributes_are(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text('{"mean": [0.5], "labelz": ["a"], "zzz": 1}')
+    config, warnings = validate_service_config({"model_path": str(path)})
+    assert resolve_model(config.classifier).preprocessing.mean == (0.5,)  # the keys it knows still apply
+    assert warnings == (
+        f"model sidecar {str(sidecar)!r} key 'labelz' is not recognized; did you mean 'labels'?",
+        f"model sidecar {str(sidecar)!r} key 'zzz' is not recognized; known keys are: {', '.join(DESCRIPTION_KEYS)}",
+    )
+    assert config.warnings == ()
 
 
 def test_relative_paths_resolve_against_the_module_folder():
     config = validate({"model_path": "models/efficientnet_lite0.onnx", "labels_path": "models/efficientnet_lite0.labels.txt"})
     assert config.classifier.source.path.is_absolute() and config.classifier.source.path.is_file()
+
+
+def test_paths_expand_environment_variables_and_the_home_folder(tmp_path, monkeypatch):
+    """viam-server gives modules $VIAM_MODULE_DATA; the module's own folder lies under ~/.viam/packages."""
+    data, home = tmp_path / "data", tmp_path / "home"
+    data.mkdir()
+    home.mkdir()
+    model = onnx_models.build(data / "model.onnx")
+    labels = home / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(onnx_models.NUM_CLASSES)))
+    monkeypatch.setenv("VIAM_MODULE_DATA", str(data))
+    monkeypatch.setenv("HOME", str(home))
+    for model_path in ("$VIAM_MODULE_DATA/model.onnx", "${VIAM_MODULE_DATA}/model.onnx", "$VIAM_MODULE_DATA"):
+        for labels_path in ("~/labels.txt", "$HOME/labels.txt"):
+            config = validate({"model_path": model_path, "labels_path": labels_path})
+            assert (config.classifier.source.path, config.classifier.labels_path) == (model, labels)
+
+
+def test_an_unset_environment_variable_in_a_path_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIAM_MODULE_DATA", raising=False)
+    rejects(
+        {"model_path": "$VIAM_MODULE_DATA/m.onnx"},
+        "attribute 'model_path': environment variable $VIAM_MODULE_DATA is not set (in '$VIAM_MODULE_DATA/m.onnx')",
+    )
+    monkeypatch.setenv("MODELS", str(tmp_path))
+    rejects({"labels_path": "${MODELS}/${LABELS_FILE}"}, "attribute 'labels_path': environment variable $LABELS_FILE is not set")
 
 
 def test_integral_doubles_from_protobuf_structs_are_integers():

@@ -66,17 +66,21 @@ class UnexpectedOutput(Exception):
     """The model's output is not what it was when the classifier was built (a changed model behind a service)."""
 
 
-def validate_service_config(attributes: Any) -> ServiceConfig:
+def validate_service_config(attributes: Any) -> tuple[ServiceConfig, tuple[str, ...]]:
     """Everything that can be checked without running the model: attributes, the model file,
     its description, the execution providers and the label names the attributes use. A model
     behind an ML model service is only known once the service answers; its labels file, if an
-    attribute names one, is checked here."""
+    attribute names one, is checked here.
+
+    Returns the config and what was ignored, and why: unrecognized attributes and model description keys."""
     config = parse_service_config(attributes)
     classifier = config.classifier
     labels: Optional[tuple[str, ...]] = None
+    warnings = config.warnings
     if isinstance(classifier.source, OnnxFile):
         model = resolve_model(classifier)
         resolve_providers(classifier.source)
+        warnings += model.spec.description.warnings
         labels = model.labels
         if labels is None and model.spec.num_classes is not None:
             labels = tuple(str(i) for i in range(model.spec.num_classes))
@@ -84,7 +88,7 @@ def validate_service_config(attributes: Any) -> ServiceConfig:
         labels = read_labels(classifier.labels_path, f"attribute 'labels_path' ({classifier.labels_path})")
     if labels is not None:
         check_label_names(config.labels, labels)
-    return config
+    return config, warnings
 
 
 def blank_input(model: ResolvedModel) -> np.ndarray:

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 all images classified, 1 some could not be read or written, 2 usage or configuration error.",
     )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image file, folder or glob")
-    parser.add_argument("-n", "--count", type=non_negative_int, default=5, help="classes per image (default 5)")
+    parser.add_argument("-n", "--count", type=positive_int, default=5, help="classes per image, 1 or more (default 5)")
     parser.add_argument(
         "--format", choices=("text", "json", "csv"), default="text",
         help="text: 'label: confidence' lines; json: one JSON object per image (JSON Lines); "
@@ -101,10 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def non_negative_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """A count of 0 would print an empty record for every image (the service's count 0 returns nothing)."""
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
 
@@ -365,8 +366,8 @@ class Run:
 
 def load_classifier(args: argparse.Namespace, err: TextIO) -> tuple[ServiceConfig, Classifier]:
     """The configuration, checked as the service checks it, and its model loaded; ConfigError names the attribute."""
-    config = validate_service_config(gather_attributes(args))
-    for warning in config.warnings:
+    config, warnings = validate_service_config(gather_attributes(args))
+    for warning in warnings:
         print(f"warning: {warning}", file=err)
     if not isinstance(config.classifier.source, OnnxFile):
         raise ConfigError(
@@ -380,6 +381,8 @@ def prepare_output_folders(args: argparse.Namespace) -> None:
     for option, folder in (("--annotate", args.annotate), ("--sort-into", args.sort_into)):
         if folder is None:
             continue
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder}: not a folder (a file of that name exists)")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -405,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         config, classifier = load_classifier(args, err)
         if args.info:
-            out.write(json.dumps(classifier.info(), indent=2, ensure_ascii=False) + "\n")
+            info = {**classifier.info(), "service": config.summary()}
+            out.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
             return 0
         prepare_output_folders(args)
     except (UsageError, ConfigError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -91,6 +92,7 @@ class ModelDescription:
     labels: Optional[tuple[str, ...]] = None
     labels_path: Optional[Path] = None
     labels_source: Optional[str] = None  # where `labels` came from, for messages; None: the description's keys
+    warnings: tuple[str, ...] = ()  # keys that were ignored, and why
 
 
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
@@ -115,6 +117,9 @@ class Region:
         left, top = min(width - 1, round(self.x_min * width)), min(height - 1, round(self.y_min * height))
         right, bottom = max(left + 1, round(self.x_max * width)), max(top + 1, round(self.y_max * height))
         return left, top, right, bottom
+
+    def as_list(self) -> list[float]:
+        return [self.x_min, self.y_min, self.x_max, self.y_max]
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,26 @@ class ServiceConfig:
         """The camera's own region, else the service's."""
         return dict(self.regions_by_camera).get(camera, self.region) if camera else self.region
 
+    def summary(self) -> dict[str, Any]:
+        """The service's settings as JSON values: the "service" part of do_command "info" and of the CLI's
+        --info. A setting that is not set is left out rather than None: do_command results travel as a
+        protobuf Struct, and the Python SDK turns None into 0 on the way."""
+        rules = self.labels
+        values = {
+            "cameras": list(self.cameras),
+            "default_camera": self.camera_name,
+            "camera_timeout_s": self.camera_timeout_s,
+            "region": None if self.region is None else self.region.as_list(),
+            "regions_by_camera": {camera: region.as_list() for camera, region in self.regions_by_camera},
+            "smoothing_window": self.smoothing_window,
+            "label_hold_frames": self.label_hold_frames,
+            "confidence_threshold": rules.confidence_threshold,
+            "label_confidences": dict(rules.label_confidences),
+            "allowed_labels": None if rules.allowed_labels is None else list(rules.allowed_labels),
+            "blocked_labels": list(rules.blocked_labels),
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
 
 PREPROCESSING_KEYS = tuple(f.name for f in fields(Preprocessing))
 # Attributes that configure onnxruntime, which does not run the model when an ML model service does.
@@ -242,6 +267,8 @@ SERVICE_KEYS = (
     "blocked_labels",
 ) + PREPROCESSING_KEYS + tuple(BUILTIN_ALIASES)
 DESCRIPTION_KEYS = ("labels_path", "labels", "head") + PREPROCESSING_KEYS
+# $NAME or ${NAME}, as os.path.expandvars reads them.
+ENVIRONMENT_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
 
 
 class _Reader:
@@ -264,10 +291,6 @@ class _Reader:
                 "setting: set one of them"
             )
         return alias
-
-    def reject_unknown(self) -> None:
-        if self.unknown:
-            raise ConfigError(self.unknown[0])
 
     def fail(self, key: str, expected: str) -> ConfigError:
         return ConfigError(f"{self.source} {key!r} must be {expected}, got {self.values[key]!r}")
@@ -348,11 +371,19 @@ class _Reader:
         return tuple(v.strip() for v in value)
 
     def path(self, key: str, base: Path, *, in_folder: Optional[str] = None) -> Optional[Path]:
-        """A file; with `in_folder`, a folder may be named instead and stands for that file in it."""
+        """A file, after `~` and environment variables (`$VIAM_MODULE_DATA/m.onnx`) are expanded, relative
+        to `base` unless absolute; with `in_folder`, a folder may be named instead and stands for that file in it."""
         text = self.string(key)
         if text is None:
             return None
-        path = Path(os.path.expanduser(text))
+        # os.path.expandvars would leave an unset variable in the path, to fail later as a missing file.
+        names = [reference.strip("{}") for reference in ENVIRONMENT_VARIABLE.findall(text)]
+        unset = [name for name in names if name not in os.environ]
+        if unset:
+            raise ConfigError(
+                f"{self.source} {key!r}: environment variable ${unset[0]} is not set (in {text!r})"
+            )
+        path = Path(os.path.expandvars(os.path.expanduser(text)))
         path = path if path.is_absolute() else base / path
         if in_folder is not None and path.is_dir():
             if not (path / in_folder).is_file():
@@ -535,11 +566,14 @@ def check_label_names(rules: LabelRules, labels: Sequence[str]) -> None:
 
 
 def parse_model_description(values: Mapping[str, Any], source: str, base: Path) -> ModelDescription:
-    """Parse a model's own description: its sidecar JSON (paths relative to it) or its ONNX metadata."""
+    """Parse a model's own description: its sidecar JSON (paths relative to it) or its ONNX metadata.
+
+    An unrecognized key is reported in `warnings`, as an unrecognized attribute is: people write
+    sidecars too, and one written for a newer version of the module still loads.
+    """
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source} must be a JSON object, got {type(values).__name__}")
     r = _Reader(values, f"{source} key", DESCRIPTION_KEYS)
-    r.reject_unknown()
     labels, labels_path = r.strings("labels"), r.path("labels_path", base)
     labels_key = "labels_path" if labels_path is not None else "labels" if labels is not None else None
     return ModelDescription(
@@ -548,4 +582,5 @@ def parse_model_description(values: Mapping[str, Any], source: str, base: Path) 
         labels=labels,
         labels_path=labels_path,
         labels_source=None if labels_key is None else f"{source} key {labels_key!r}",
+        warnings=tuple(r.unknown),
     )

@@ -493,4 +493,5 @@ def _over(upper: ModelDescription, lower: ModelDescription) -> ModelDescription:
         labels=upper.labels if has_own_labels else lower.labels,
         labels_path=upper.labels_path if has_own_labels else lower.labels_path,
         labels_source=upper.labels_source if has_own_labels else lower.labels_source,
+        warnings=upper.warnings + lower.warnings,
     )

@@ -98,8 +98,8 @@ class OnnxClassifier(Vision, EasyResource):
     def validate_config(cls, config: ComponentConfig) -> Tuple[Sequence[str], Sequence[str]]:
         """Check every attribute, the model file and the label names; the cameras and the ML model
         service are required dependencies."""
-        parsed = validate_service_config(struct_to_dict(config.attributes))
-        for warning in parsed.warnings:
+        parsed, warnings = validate_service_config(struct_to_dict(config.attributes))
+        for warning in warnings:
             LOGGER.warning("vision service %r: %s (ignored)", config.name, warning)
         return list(parsed.dependencies), []
 
@@ -416,7 +416,7 @@ class OnnxClassifier(Vision, EasyResource):
         if name == "info":
             classifier, _ = await self._ready(_deadline(timeout))
             info = dict(await asyncio.to_thread(classifier.info))  # hashes the model file once
-            info["service"] = self._service_info()
+            info["service"] = self.config.summary()
             return info
         if name == "stats":
             return self.stats.report()
@@ -426,26 +426,6 @@ class OnnxClassifier(Vision, EasyResource):
             return {"reset": ["stats", "smoothing"]}
         known = ", ".join(repr(c) for c in COMMANDS)
         raise ViamGRPCError(f"unknown command {name!r}: send {{\"command\": ...}} with one of {known}", Status.INVALID_ARGUMENT)
-
-    def _service_info(self) -> dict[str, Any]:
-        config, rules = self.config, self.config.labels
-
-        def region(r: Optional[Region]) -> Optional[list[float]]:
-            return None if r is None else [r.x_min, r.y_min, r.x_max, r.y_max]
-
-        return {
-            "cameras": list(config.cameras),
-            "default_camera": config.camera_name,
-            "camera_timeout_s": config.camera_timeout_s,
-            "region": region(config.region),
-            "regions_by_camera": {camera: region(r) for camera, r in config.regions_by_camera},
-            "smoothing_window": config.smoothing_window,
-            "label_hold_frames": config.label_hold_frames,
-            "confidence_threshold": rules.confidence_threshold,
-            "label_confidences": dict(rules.label_confidences),
-            "allowed_labels": None if rules.allowed_labels is None else list(rules.allowed_labels),
-            "blocked_labels": list(rules.blocked_labels),
-        }
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
