@@ -20,6 +20,7 @@ from viam.services.mlmodel.utils import ndarrays_to_flat_tensors
 from viam.utils import dict_to_struct
 
 from onnx_classifier.mlmodel_backend import decode_tensor
+from onnx_classifier.onnx_runtime import session_options
 
 
 def tensor_info(name: str, data_type: str, shape: Sequence[int], extra: Optional[Mapping[str, Any]] = None) -> TensorInfo:
@@ -40,7 +41,8 @@ class OnnxModelService(MLModel):
 
     def __init__(self, name: str, model_path: Path, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], **metadata):
         super().__init__(name)
-        self.session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        # The module's own settings (threads that do not spin), so that it and the parent share the cores fairly.
+        self.session = ort.InferenceSession(str(model_path), session_options(None), providers=["CPUExecutionProvider"])
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.metadata_fields = metadata
