@@ -9,14 +9,18 @@ All timings are taken interleaved, round by round, in one run, and compared only
           (for PNG, which has no reduced decode, the full decode);
 - limit = floor + decode, the least any pipeline can spend on that frame here;
 - engine: Classifier.classify in-process, bytes in, top-5 out;
-- e2e:    get_classifications through the real module over its unix socket;
-- camera: get_classifications_from_camera, the frame served by a parent robot's camera;
+- e2e:    get_classifications through the real module over its unix socket, from a grpcio client
+          (HTTP/2 framed in C, as viam-server's grpc-go frames it);
+- e2e-sdk: the same from the Python SDK's VisionClient (HTTP/2 framed in Python);
+- camera: get_classifications_from_camera (grpcio), the frame served by a parent robot's camera;
 - naive:  a plain Pillow pipeline (full decode, resize, crop, float maths) on the same session;
 - mlmodel-f32 / mlmodel-u8: get_classifications as `e2e`, with the model run by an ML model service on
           the parent robot (`mlmodel_name`): the bundled model as it is (float32 input), and with a uint8
           NHWC input (the normalization moved into the graph), as TF-Lite models take.
-Then resident memory of the module after warm-up and after --requests more requests, the time from
-AddResource to the first answer in a fresh module, and the time to re-add an unchanged resource.
+Then several cameras at once: 1, 2 and 4 streams each calling get_classifications_from_camera back to
+back for --stream-seconds, in calls per second; resident memory of the module after warm-up and after
+--requests more requests; the time from AddResource to the first answer in a fresh module, and the
+time to re-add an unchanged resource.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.frames import busy_frame, encoded  # noqa: E402
+from bench.native import NativeVisionClient  # noqa: E402
 from onnx_classifier import Classifier, parse_service_config  # noqa: E402
 from onnx_classifier.head import softmax  # noqa: E402
 from onnx_classifier.paths import BUNDLED_MODEL  # noqa: E402
@@ -71,6 +76,7 @@ TARGETS = [
         "e2e 1920x1080 >= 1.5x faster than naive",
         lambda r: r["naive jpeg 1920x1080"]["median_ms"] / r["e2e jpeg 1920x1080"]["median_ms"] >= 1.5,
     ),
+    ("4 streams >= 1.8x the calls per second of 1 stream", lambda r: r["streams"]["4"]["calls_per_s"] >= 1.8 * r["streams"]["1"]["calls_per_s"]),
     (
         "mlmodel-u8 1920x1080 <= 1.25x e2e",
         lambda r: r["mlmodel-u8 jpeg 1920x1080"]["median_ms"] / r["e2e jpeg 1920x1080"]["median_ms"] <= 1.25,
@@ -171,7 +177,25 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, dict]:
     return rows
 
 
-async def measure(rounds: int, requests: int, providers: list[str]) -> dict:
+async def streams(vision: NativeVisionClient, count: int, seconds: float) -> dict:
+    """`count` cameras' worth of callers, each asking for a classification as soon as it has the last."""
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def stream() -> None:
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            await vision.get_classifications_from_camera("cam", 5)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(stream() for _ in range(count)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3
+    return {"calls": len(latencies), "calls_per_s": len(latencies) / elapsed, "p50_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95))}
+
+
+async def measure(rounds: int, requests: int, providers: list[str], stream_seconds: float) -> dict:
     frames = {}
     for width, height in JPEG_SIZES:
         frames[f"jpeg {width}x{height}"] = encoded(busy_frame(width, height), "JPEG")
@@ -190,6 +214,7 @@ async def measure(rounds: int, requests: int, providers: list[str]) -> dict:
     async with running_module([StillCamera("cam", camera_frame), *services]) as module:
         await module.add(attributes, [camera_dependency("cam")])
         vision = module.vision()
+        native = NativeVisionClient(module.socket_path, "classifier")
         images = {k: ViamImage(v, CameraMimeType.JPEG if k.startswith("jpeg") else CameraMimeType.PNG) for k, v in frames.items()}
         for service in services:
             recipe = {**IMAGENET_RECIPE, **({"mean": MEAN.tolist(), "std": STD.tolist()} if service.name == "f32" else {})}
@@ -200,15 +225,17 @@ async def measure(rounds: int, requests: int, providers: list[str]) -> dict:
             measurements += [
                 (f"decode {key}", lambda d=data: least_decode(classifier, d)),
                 (f"engine {key}", lambda d=data: classifier.classify(d, 5)),
-                (f"e2e {key}", lambda k=key: vision.get_classifications(images[k], 5)),
+                (f"e2e {key}", lambda d=data: native.get_classifications(d, "image/jpeg", 5)),
+                (f"e2e-sdk {key}", lambda k=key: vision.get_classifications(images[k], 5)),
             ]
             if key.startswith("jpeg"):
                 measurements.append((f"naive {key}", lambda d=data: naive_classify(session, classifier.labels, d)))
         camera_key = f"jpeg {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}"
-        measurements.append((f"camera {camera_key}", lambda: vision.get_classifications_from_camera("cam", 5)))
+        measurements.append((f"camera {camera_key}", lambda: native.get_classifications_from_camera("cam", 5)))
         for service in services:
-            via = module.vision(f"via-{service.name}")
-            measurements.append((f"mlmodel-{service.name} {camera_key}", lambda v=via: v.get_classifications(images[camera_key], 5)))
+            via = NativeVisionClient(module.socket_path, f"via-{service.name}")
+            data = frames[camera_key]
+            measurements.append((f"mlmodel-{service.name} {camera_key}", lambda v=via, d=data: v.get_classifications(d, "image/jpeg", 5)))
 
         async def timed(call) -> float:
             started = time.perf_counter()
@@ -225,6 +252,7 @@ async def measure(rounds: int, requests: int, providers: list[str]) -> dict:
             for name, call in measurements[shift:] + measurements[:shift]:
                 samples[name].append(await timed(call))
         results["timings"] = summarize(samples)
+        results["streams"] = {str(count): await streams(native, count, stream_seconds) for count in (1, 2, 4)}
 
         pid = module.process.pid
         results["memory"] = {"after_warmup_mib": resident_mib(pid)}
@@ -267,7 +295,7 @@ def report(results: dict) -> str:
         "| measurement | frame | bytes | median ms | p95 ms | x limit | x floor |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    order = ["floor", "decode", "engine", "e2e", "camera", "naive", "mlmodel-u8", "mlmodel-f32"]
+    order = ["floor", "decode", "engine", "e2e", "e2e-sdk", "camera", "naive", "mlmodel-u8", "mlmodel-f32"]
 
     def position(name: str):
         kind, _, frame = name.partition(" ")
@@ -283,6 +311,10 @@ def report(results: dict) -> str:
         lines.append(
             f"| {kind} | {frame} | {size} | {row['median_ms']:.2f} | {row['p95_ms']:.2f} | {x_limit} | {row['x_floor']:.2f} |"
         )
+    lines += ["", "| streams (camera jpeg 1920x1080) | calls/s | x 1 stream | p50 ms | p95 ms |", "|---:|---:|---:|---:|---:|"]
+    one = results["streams"]["1"]["calls_per_s"]
+    for count, row in results["streams"].items():
+        lines.append(f"| {count} | {row['calls_per_s']:.1f} | {row['calls_per_s'] / one:.2f} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} |")
     memory, startup = results["memory"], results["startup"]
     requests = memory["requests"]
     lines += [
@@ -303,12 +335,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--providers", default="CPUExecutionProvider", help="comma-separated, as the 'providers' attribute")
+    parser.add_argument("--stream-seconds", type=float, default=10.0, help="how long each of the 1, 2 and 4 stream runs lasts")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    results = asyncio.run(measure(args.rounds, args.requests, args.providers.split(",")))
+    results = asyncio.run(measure(args.rounds, args.requests, args.providers.split(","), args.stream_seconds))
     results["machine"] = machine()
     memory, startup = results["memory"], results["startup"]
-    checks = {name: bool(check(results["timings"])) for name, check in TARGETS}
+    checks = {name: bool(check({**results["timings"], "streams": results["streams"]})) for name, check in TARGETS}
     checks["resident memory <= 250 MiB"] = memory[f"after_{args.requests}_more_mib"] <= 250
     checks[f"memory growth <= 10 MiB over {args.requests} requests"] = (
         memory[f"after_{args.requests}_more_mib"] - memory["after_warmup_mib"] <= 10
