@@ -1,7 +1,7 @@
 """Classify every saved image in a folder through the service on a machine, and print a CSV.
 
     VIAM_ADDRESS=... VIAM_API_KEY_ID=... VIAM_API_KEY=... \
-        python examples/classify_folder.py --service classifier --count 3 ./captures > labels.csv
+        .venv/bin/python examples/classify_folder.py --service classifier --count 3 ./captures > labels.csv
 
 Uses the machine's model and configuration (labels, thresholds, region), so the answers are the
 ones the robot would give. To classify files without a machine, use `./run.sh classify` instead.
@@ -17,33 +17,22 @@ from pathlib import Path
 from typing import TextIO
 
 from grpclib import GRPCError
-from PIL import Image
-from viam.media.video import CameraMimeType, ViamImage
 from viam.services.vision import VisionClient
 
-from _connect import connect
+from _connect import connect, image_of
 
-MIME_TYPES = {".jpg": CameraMimeType.JPEG, ".jpeg": CameraMimeType.JPEG, ".png": CameraMimeType.PNG}
-
-
-def image_of(path: Path) -> ViamImage:
-    image = ViamImage(path.read_bytes(), MIME_TYPES[path.suffix.lower()])
-    # The Python client insists on knowing the size; it reads it from JPEG bytes only.
-    if image.width is None:
-        with Image.open(path) as opened:
-            image._width, image._height = opened.size
-    return image
+SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 async def classify_folder(classifier: VisionClient, folder: Path, count: int, out: TextIO) -> int:
     """Write path, rank, label, confidence rows for every image under `folder`; the number that failed."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIME_TYPES)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES)
     rows = csv.writer(out)
     rows.writerow(["path", "rank", "label", "confidence"])
     failed = 0
     for path in paths:
         try:
-            results = await classifier.get_classifications(image_of(path), count)
+            results = await classifier.get_classifications(image_of(str(path)), count)
         except (GRPCError, OSError) as e:
             print(f"{path}: {e}", file=sys.stderr)
             failed += 1

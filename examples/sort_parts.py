@@ -1,7 +1,7 @@
 """Classify a camera's frame and act on the top label, only when it is confident enough.
 
     VIAM_ADDRESS=... VIAM_API_KEY_ID=... VIAM_API_KEY=... \
-        python examples/sort_parts.py --service classifier --camera cam --min-confidence 0.8
+        .venv/bin/python examples/sort_parts.py --service classifier --camera cam --min-confidence 0.8
 
 A part-sorting cell: "good" parts go on, anything else (or anything the model is unsure of) goes to
 manual inspection. Replace the prints with your actuator calls.

@@ -1,7 +1,7 @@
 """Watch a camera and print a line only when the scene changes.
 
     VIAM_ADDRESS=... VIAM_API_KEY_ID=... VIAM_API_KEY=... \
-        python examples/watch_scene.py --service classifier --camera cam --interval 0.5
+        .venv/bin/python examples/watch_scene.py --service classifier --camera cam --interval 0.5
 
 The flicker is removed on the service side: configure it with, for example,
 `"smoothing_window": 5, "label_hold_frames": 3`, and the top label it reports changes only after
