@@ -21,7 +21,9 @@ async def test_failing_empty_and_depth_cameras_are_named_and_recover():
         vision = module.vision()
 
         cam.error = RuntimeError("USB device unplugged")
-        await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE, "camera 'cam'", "USB device unplugged")
+        message = await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE, "camera 'cam'", "USB device unplugged")
+        assert message.startswith("camera 'cam' did not return an image: RuntimeError - USB device unplugged"), message
+        assert "Status." not in message  # the camera's own words, not the gRPC error's tuple
         cam.error = None
         cam.no_images = True
         await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE, "camera 'cam' returned no images")

@@ -301,7 +301,7 @@ class OnnxClassifier(Vision, EasyResource):
                 Status.DEADLINE_EXCEEDED,
             ) from e
         except Exception as e:
-            raise ViamGRPCError(f"camera {name!r} did not return an image: {e}", Status.UNAVAILABLE) from e
+            raise ViamGRPCError(f"camera {name!r} did not return an image: {_reason(e)}", Status.UNAVAILABLE) from e
         finally:
             timings["fetch"] = time.perf_counter() - started
         if not images:
@@ -426,6 +426,14 @@ class OnnxClassifier(Vision, EasyResource):
             return {"reset": ["stats", "smoothing"]}
         known = ", ".join(repr(c) for c in COMMANDS)
         raise ViamGRPCError(f"unknown command {name!r}: send {{\"command\": ...}} with one of {known}", Status.INVALID_ARGUMENT)
+
+
+def _reason(error: Exception) -> str:
+    """An error's own words. A dependency reached over gRPC fails with a GRPCError, whose str() is its
+    (status, message, details) tuple."""
+    if isinstance(error, GRPCError):
+        return error.message or error.status.name
+    return str(error)
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:

@@ -28,7 +28,7 @@ from .machine import (
 )
 
 # Everything the tier's config declares, which must be ready before the first test.
-RESOURCES = ["cam", "cam-labelled", "no-file-cam", "classifier", "data_manager", "onnx-model", "builtin-classifier"]
+RESOURCES = ["cam", "cam-labelled", "no-file-cam", "classifier", "data_manager", "onnx-model", "builtin-classifier", "dropin-classifier"]
 
 
 @pytest.fixture(scope="session")

@@ -179,6 +179,10 @@ def tier_config(port: int, capture_dir: Path) -> dict[str, Any]:
             },
         },
     ]
+    # The built-in's config with only its model line changed: this module as a drop-in for it.
+    dropin = copy.deepcopy(service(config, "builtin-classifier"))
+    dropin.update(name="dropin-classifier", model=service(config, "classifier")["model"])
+    config["services"].append(dropin)
     return config
 
 

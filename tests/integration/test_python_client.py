@@ -134,11 +134,6 @@ async def test_viam_server_refuses_bytes_it_cannot_read_before_the_module_sees_t
     assert raised.value.message.startswith("image: unsupported image format: a GIF image")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service.py formats a camera's GRPCError with str(), which is the tuple "
-    "(<Status.UNKNOWN: 2>, '...', None); under viam-server every camera error is a GRPCError",
-)
 async def test_a_camera_error_through_viam_server_reads_plainly(machine):
     with pytest.raises(GRPCError) as raised:
         await VisionClient.from_robot(machine, "classifier").get_classifications_from_camera("no-file-cam", 1)
