@@ -127,7 +127,7 @@ class Classifier:
         self.labels: tuple[str, ...] = model.labels or tuple(str(i) for i in range(size))
         self.in_flight = 0  # frames in `score` now (counted on the event loop)
         spec = model.spec
-        blank = confidences(blank_output, Head.NONE, None, spec.output_quantization)
+        blank = confidences(blank_output, Head.NONE, None, spec.output_quantization, spec.graph_read)
         self._blank_head = auto_head(blank, spec.final_activation, spec.graph_read)
 
     @classmethod

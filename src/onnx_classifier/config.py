@@ -274,10 +274,10 @@ ENVIRONMENT_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)
 class _Reader:
     """Typed access to one mapping of raw values, with errors that name the key and where it came from."""
 
-    def __init__(self, values: Mapping[str, Any], source: str, known: tuple[str, ...], aliases: Mapping[str, str] = {}):
+    def __init__(self, values: Mapping[str, Any], source: str, known: tuple[str, ...], aliases: Optional[Mapping[str, str]] = None):
         self.values = values
         self.source = source
-        self.aliases = {name: alias for alias, name in aliases.items()}
+        self.aliases = {name: alias for alias, name in (aliases or {}).items()}
         self.unknown = [f"{source} {key!r} is not recognized{did_you_mean(key, known, 'keys')}" for key in values if key not in known]
 
     def key(self, name: str) -> str:

@@ -61,7 +61,7 @@ def confidences(
     head: Head,
     final_activation: Optional[Head],
     quantization: Optional[tuple[float, int]],
-    graph_read: bool = True,
+    graph_read: bool,
 ) -> np.ndarray:
     """One row of class scores as float64 confidences in [0, 1]; a quantized output is dequantized
     first, and `auto` decides per row (`auto_head`)."""

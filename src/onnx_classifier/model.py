@@ -103,7 +103,7 @@ class ModelSpec:
     description: ModelDescription  # sidecar JSON over ONNX metadata, or what the ML model service says
     # True when the graph was read, so final_activation None means it applies none; False when
     # nothing says (an ML model service), so scores all in [0, 1] may be softmax or sigmoid outputs.
-    graph_read: bool = True
+    graph_read: bool
 
 
 @dataclass(frozen=True)
@@ -356,6 +356,7 @@ def _inspect_cached(path: Path, _stamps: tuple, input_name: Optional[str], outpu
         final_activation=_final_activation(graph, output.name),
         output_quantization=quantization,
         description=_description(path, model),
+        graph_read=True,
     )
 
 
