@@ -14,6 +14,8 @@ All timings are taken interleaved, round by round, in one run, and compared only
 - e2e-sdk: the same from the Python SDK's VisionClient (HTTP/2 framed in Python);
 - camera: get_classifications_from_camera (grpcio), the frame served by a parent robot's camera;
 - naive:  a plain Pillow pipeline (full decode, resize, crop, float maths) on the same session;
+- floor-int8, engine-int8, e2e-int8: the same for the bundled int8 model (its own service in the
+          same module), in the same rounds, to compare with the float model's rows;
 - mlmodel-f32 / mlmodel-u8: get_classifications as `e2e`, with the model run by an ML model service on
           the parent robot (`mlmodel_name`): the bundled model as it is (float32 input), and with a uint8
           NHWC input (the normalization moved into the graph), as TF-Lite models take.
@@ -63,6 +65,9 @@ from viam.resource.registry import Registry  # noqa: E402
 from viam.services.mlmodel import MLModel  # noqa: E402
 
 JPEG_SIZES = [(640, 480), (1280, 720), (1920, 1080), (3840, 2160)]
+INT8_MODEL = ROOT / "models" / "efficientnet_lite0_int8.onnx"
+INT8_SERVICE = "classifier-int8"
+INT8_FRAMES = ["jpeg 640x480", "jpeg 1920x1080"]
 CAMERA_SIZE = (1920, 1080)
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -77,6 +82,11 @@ TARGETS = [
         lambda r: r["naive jpeg 1920x1080"]["median_ms"] / r["e2e jpeg 1920x1080"]["median_ms"] >= 1.5,
     ),
     ("4 streams >= 1.8x the calls per second of 1 stream", lambda r: r["streams"]["4"]["calls_per_s"] >= 1.8 * r["streams"]["1"]["calls_per_s"]),
+    ("int8 floor >= 1.7x faster than float", lambda r: r["floor"]["median_ms"] / r["floor-int8"]["median_ms"] >= 1.7),
+    (
+        "int8 e2e 1920x1080 <= 0.85x float",
+        lambda r: r["e2e-int8 jpeg 1920x1080"]["median_ms"] / r["e2e jpeg 1920x1080"]["median_ms"] <= 0.85,
+    ),
     (
         "mlmodel-u8 1920x1080 <= 1.25x e2e",
         lambda r: r["mlmodel-u8 jpeg 1920x1080"]["median_ms"] / r["e2e jpeg 1920x1080"]["median_ms"] <= 1.25,
@@ -208,13 +218,16 @@ async def measure(rounds: int, requests: int, providers: list[str], stream_secon
     session = runtime._session
     tensor = classifier.preprocess(camera_frame)
     results: dict = {"frames": {k: len(v) for k, v in frames.items()}, "providers_in_use": list(runtime.providers)}
+    int8_attributes = {**attributes, "model_path": str(INT8_MODEL)}
+    int8 = Classifier.from_onnx_file(parse_service_config(int8_attributes).classifier)
 
     services_folder = tempfile.TemporaryDirectory(prefix="bench-")
     services = mlmodel_services(Path(services_folder.name))
     async with running_module([StillCamera("cam", camera_frame), *services]) as module:
         await module.add(attributes, [camera_dependency("cam")])
+        await module.add(int8_attributes, [camera_dependency("cam")], name=INT8_SERVICE)
         vision = module.vision()
-        native = NativeVisionClient(module.socket_path, "classifier")
+        native, int8_native = NativeVisionClient(module.socket_path, "classifier"), NativeVisionClient(module.socket_path, INT8_SERVICE)
         images = {k: ViamImage(v, CameraMimeType.JPEG if k.startswith("jpeg") else CameraMimeType.PNG) for k, v in frames.items()}
         for service in services:
             recipe = {**IMAGENET_RECIPE, **({"mean": MEAN.tolist(), "std": STD.tolist()} if service.name == "f32" else {})}
@@ -232,6 +245,12 @@ async def measure(rounds: int, requests: int, providers: list[str], stream_secon
                 measurements.append((f"naive {key}", lambda d=data: naive_classify(session, classifier.labels, d)))
         camera_key = f"jpeg {CAMERA_SIZE[0]}x{CAMERA_SIZE[1]}"
         measurements.append((f"camera {camera_key}", lambda: native.get_classifications_from_camera("cam", 5)))
+        measurements.append(("floor-int8", lambda: int8.backend.run(tensor)))
+        for key in INT8_FRAMES:
+            measurements += [
+                (f"engine-int8 {key}", lambda d=frames[key]: int8.classify(d, 5)),
+                (f"e2e-int8 {key}", lambda d=frames[key]: int8_native.get_classifications(d, "image/jpeg", 5)),
+            ]
         for service in services:
             via = NativeVisionClient(module.socket_path, f"via-{service.name}")
             data = frames[camera_key]
@@ -295,7 +314,7 @@ def report(results: dict) -> str:
         "| measurement | frame | bytes | median ms | p95 ms | x limit | x floor |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    order = ["floor", "decode", "engine", "e2e", "e2e-sdk", "camera", "naive", "mlmodel-u8", "mlmodel-f32"]
+    order = ["floor", "decode", "engine", "e2e", "e2e-sdk", "camera", "naive", "floor-int8", "engine-int8", "e2e-int8", "mlmodel-u8", "mlmodel-f32"]
 
     def position(name: str):
         kind, _, frame = name.partition(" ")

@@ -26,6 +26,7 @@ class Command:
 # Adding a command is one entry here.
 COMMANDS = {
     "classify": Command("onnx_classifier.cli", "classify image files, folders or globs and print labels and confidences"),
+    "quantize": Command("onnx_classifier.quantize", "make an int8 copy of an ONNX classifier, calibrated on your images, and compare the two"),
 }
 
 # viam-server's TCP mode passes HOST:PORT (rdk's utils.TCPRegex).
