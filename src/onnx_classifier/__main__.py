@@ -61,8 +61,10 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write(usage())
         return 0
     if is_serve_address(first):
+        from . import dependency_fixes
         from .service import ClassifierModule, OnnxClassifier  # the Viam SDK only when serving
 
+        dependency_fixes.apply()
         asyncio.run(ClassifierModule.run_with_models(OnnxClassifier))  # the SDK reads sys.argv itself
         return 0
     command = COMMANDS.get(first)

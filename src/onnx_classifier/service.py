@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import binascii
 import json
 import time
 from typing import Any, Awaitable, Callable, ClassVar, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-import hyperframe.frame
 from grpclib import GRPCError, Status
 from viam import logging as viam_logging
 from viam.components.camera import Camera
@@ -57,20 +55,6 @@ def _model_from_meta() -> str:
 viam_logging.getLogger("onnx_classifier")
 LOGGER = viam_logging.getLogger(__name__)
 
-
-def _hex_prefix_repr(data: Optional[bytes]) -> str:
-    """hyperframe's `_raw_data_repr` with the same output, hexlifying only the bytes it shows."""
-    if not data:
-        return "None"
-    shown = binascii.hexlify(data[:11]).decode("ascii")
-    return "<hex:" + (shown[:20] + "..." if len(shown) > 20 else shown) + ">"
-
-
-# h2 formats every received frame for its trace log eagerly (`repr(frame)`), and hyperframe's
-# repr hexlifies the whole 16 KiB payload to show 10 bytes of it: about 1.5 ms of a 4K
-# request, spent on a log line nobody reads. Same text, a fraction of the work.
-if hasattr(hyperframe.frame, "_raw_data_repr"):
-    hyperframe.frame._raw_data_repr = _hex_prefix_repr
 
 SHARED_CLASSIFIERS = SharedClassifiers()
 # capture_all_from_camera has no count of its own: it returns the conventional top-5.
