@@ -147,8 +147,9 @@ class Preprocessor:
 
     def _resize(self, image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
         """Pillow resizes on one core. The top and bottom halves of the output, resized from the top
-        and bottom halves of the box, are exactly the same pixels (the filter still reads past the
-        half-box edge), so a large region is resized as two halves on two cores."""
+        and bottom halves of the box, are the same pixels (the filter still reads past the half-box
+        edge), or within one level of 255 where Pillow's filter positions for a half round apart
+        from the whole's (1080x1920 frames), so a large region is resized as two halves on two cores."""
         width, height = size
         left, top, right, bottom = box
         if _HALF_RESIZER is None or height < 2 or (right - left) * (bottom - top) < _SPLIT_MIN_RATIO * width * height:
