@@ -8,7 +8,7 @@ from viam.proto.app.robot import ComponentConfig
 from viam.utils import dict_to_struct
 
 from onnx_classifier.classifier import SharedClassifiers
-from onnx_classifier.config import parse_service_config
+from onnx_classifier.config import Head, parse_service_config
 from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
 
 from . import onnx_models
@@ -61,7 +61,7 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     del a, b
     onnx_models.build(path, final="Softmax")  # the file changes on disk: a fresh load
     c = shared.acquire(cfg)
-    assert c is not held_by_a_call and c.model.spec.final_activation is not None
+    assert c is not held_by_a_call and c.model.spec.final_activation is Head.SOFTMAX
     assert held_by_a_call.classify(solid((10, 20, 30)), 1)  # the call finishes on the replaced model
     del held_by_a_call
     assert replaced() is None  # and then it is freed
