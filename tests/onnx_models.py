@@ -34,6 +34,7 @@ def build(
     input_type: int = TensorProto.FLOAT,
     size: Optional[tuple[int, int]] = (16, 16),
     final: Optional[str] = None,
+    scale_after_final: Optional[float] = None,
     quantize_output: Optional[tuple[float, int]] = None,
     features_output: bool = False,
     output_rank: int = 2,
@@ -41,6 +42,8 @@ def build(
     sidecar: Optional[dict] = None,
 ) -> Path:
     """Write a model to `path`. `final` is "Softmax" or "Sigmoid" to end the graph in an activation;
+    `scale_after_final` multiplies the activation's output by a constant, so that the graph no longer
+    ends in the activation (by 1, its output is still a probability distribution);
     `quantize_output` (scale, zero point) makes the output uint8 through QuantizeLinear;
     `features_output` adds a second output (the channel means) before the class scores."""
     height, width = size if size is not None else ("H", "W")
@@ -65,6 +68,10 @@ def build(
     if final is not None:
         nodes.append(helper.make_node(final, [scores], ["activated"], **({"axis": -1} if final == "Softmax" else {})))
         scores = "activated"
+    if scale_after_final is not None:
+        initializers.append(numpy_helper.from_array(np.array(scale_after_final, np.float32), "after_final"))
+        nodes.append(helper.make_node("Mul", [scores, "after_final"], ["scaled"]))
+        scores = "scaled"
     if output_rank == 1:
         initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "flat"))
         nodes.append(helper.make_node("Reshape", [scores, "flat"], ["flattened"]))

@@ -5,6 +5,7 @@ import pytest
 from onnx import TensorProto
 
 from onnx_classifier import Classifier, parse_service_config
+from onnx_classifier.config import Head
 from onnx_classifier.head import sigmoid, softmax
 
 from . import onnx_models
@@ -47,6 +48,27 @@ def test_graph_ending_in_sigmoid_is_used_as_it_is(model_dir):
     classifier = load(onnx_models.build(model_dir / "m.onnx", final="Sigmoid"))
     expected = sigmoid(onnx_models.scores_for(normalized(RED_ISH)))
     np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_probabilities_without_a_final_softmax_node_are_used_as_they_are(model_dir):
+    """A graph whose Softmax is followed by another op (here Mul by 1) does not end in Softmax, but
+    its output is a probability distribution: `head: auto` uses it as it is, not softmaxed twice."""
+    classifier = load(onnx_models.build(model_dir / "m.onnx", final="Softmax", scale_after_final=1.0))
+    assert classifier.model.spec.final_activation is None
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+    head, reason = classifier.head_in_use()
+    assert head is Head.SOFTMAX and reason.endswith("the output for a blank image is one)")
+
+
+@pytest.mark.parametrize("scale, distribution", [(1.0005, True), (1.002, False), (2.0, False)])
+def test_a_distribution_is_told_by_its_sum_within_a_thousandth(model_dir, scale, distribution):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", final="Softmax", scale_after_final=scale))
+    output = scale * softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    expected = output if distribution else softmax(output)
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+    observed = "is" if distribution else "is not"
+    assert classifier.head_in_use()[1].endswith(f"the output for a blank image {observed} one)")
 
 
 def test_multi_label_logits_with_sigmoid_head(model_dir):

@@ -1,9 +1,15 @@
 """The Viam adapter in-process: what viam-server's close-then-new reconfigure costs, and what close releases."""
 
 import gc
+import struct
 import weakref
 
+import numpy as np
 import pytest
+from grpclib import Status
+from PIL import Image
+from viam.errors import ViamGRPCError
+from viam.media.video import CameraMimeType, ViamImage
 from viam.proto.app.robot import ComponentConfig
 from viam.utils import dict_to_struct
 
@@ -12,7 +18,7 @@ from onnx_classifier.config import Head, parse_service_config
 from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
 
 from . import onnx_models
-from .conftest import solid
+from .conftest import encode, solid
 from .harness import MODEL
 
 
@@ -69,6 +75,36 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     path.with_suffix(".json").write_text('{"labels": ["a", "b", "c", "d", "e"]}')  # so does a new sidecar
     d = shared.acquire(cfg)
     assert d is not c and d.labels == ("a", "b", "c", "d", "e")
+
+
+def frame(kind: str, width: int, height: int) -> bytes:
+    image = Image.new("RGB", (width, height), (200, 40, 90))
+    if kind == "rgba":
+        return b"RGBA" + struct.pack(">II", width, height) + image.convert("RGBA").tobytes()
+    return encode(image, kind.upper())
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "rgba"])
+async def test_a_configured_max_image_pixels_is_the_limit(tmp_path, kind):
+    """A frame of exactly max_image_pixels is classified; one pixel row more is refused from its
+    header, with the numbers, in every format."""
+    width, height = 64, 48
+    limit = width * height
+    model = onnx_models.build(tmp_path / "m.onnx")
+    service = OnnxClassifier.new(config({"model_path": str(model), "max_image_pixels": limit}), {})
+    expected = str(int(np.argmax(onnx_models.scores_for(np.array([200, 40, 90]) / 255.0))))
+    try:
+        at_limit = await service.get_classifications(ViamImage(frame(kind, width, height), CameraMimeType.JPEG), 1)
+        assert [c.class_name for c in at_limit] == [expected]
+        with pytest.raises(ViamGRPCError) as caught:
+            await service.get_classifications(ViamImage(frame(kind, width, height + 1), CameraMimeType.JPEG), 1)
+        assert caught.value.grpc_code is Status.INVALID_ARGUMENT
+        name = "image/vnd.viam.rgba" if kind == "rgba" else kind.upper()
+        assert caught.value.message == (
+            f"image: the {name} image is {width}x{height + 1} = {limit + width} pixels, more than max_image_pixels ({limit})"
+        )
+    finally:
+        await service.close()
 
 
 def test_missing_camera_dependency_is_a_clear_error():
