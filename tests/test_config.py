@@ -265,3 +265,50 @@ def test_validation_reads_the_graph_but_not_the_weights(tmp_path):
     assert numpy_helper.to_array(described["scale"]).tolist() == [0.5]
     assert len(structure.SerializeToString()) < 1000 < len(full.SerializeToString())
     validate({"model_path": path})
+
+
+def test_did_you_mean_offers_the_three_closest_names_or_lists_a_few_known_ones():
+    from onnx_classifier.config import did_you_mean
+
+    known = ["camera_a", "camera_b", "camera_c", "camera_d", "zebra"]
+    assert did_you_mean("camera_x", known, "cameras") == "; did you mean 'camera_d' or 'camera_c' or 'camera_b'?"  # ties: difflib's order
+    assert did_you_mean("camera_x", ["camera_a"], "cameras") == "; did you mean 'camera_a'?"
+    thirty = [f"label {i}" for i in range(30)]
+    assert did_you_mean("zzz", thirty, "labels") == "; known labels are: " + ", ".join(thirty)
+    assert did_you_mean("zzz", thirty + ["label 30"], "labels") == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["a", 0, 1, 1], [False, 0.0, True, 1.0], [0, 0, float("inf"), 1], [0.0, 0.5, 1.0, 0.5], [0.0, 0.0, 1.0, 1.5], (0, 0, 1)],
+    ids=["string", "bools", "infinite", "empty-height", "past-the-bottom", "three-numbers"],
+)
+def test_a_bad_region_is_rejected_with_its_value(value):
+    from onnx_classifier.config import parse_region
+
+    with pytest.raises(ConfigError) as caught:
+        parse_region(value, "extra 'region'")
+    expected = "extra 'region' must be [x_min, y_min, x_max, y_max] with 0 <= x_min < x_max <= 1 and 0 <= y_min < y_max <= 1"
+    assert str(caught.value) in (f"{expected}, got {value!r}", f"{expected}, got {list(value)!r}")
+
+
+def test_regions_at_the_edges_are_accepted():
+    from onnx_classifier.config import Region, parse_region
+
+    assert parse_region([0, 0, 1, 1], "r") == Region(0.0, 0.0, 1.0, 1.0)
+    assert parse_region((0.25, 0.5, 0.75, 1), "r") == Region(0.25, 0.5, 0.75, 1.0)
+
+
+def test_a_label_that_is_nothing_like_any_lists_the_models_few_labels():
+    from onnx_classifier.config import LabelRules, check_label_names
+
+    with pytest.raises(ConfigError) as caught:
+        check_label_names(LabelRules(blocked_labels=("zzz",)), ("cat", "dog", "bird"))
+    assert str(caught.value) == "attribute 'blocked_labels': 'zzz' is not a label of this model; known labels are: cat, dog, bird"
+
+
+def test_a_sidecar_that_is_not_an_object_is_named(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    path.with_suffix(".json").write_text("[1, 2]")
+    message = rejects({"model_path": str(path)})
+    assert message == f"model sidecar {str(path.with_suffix('.json'))!r} must be a JSON object, got list"

@@ -354,3 +354,53 @@ def test_metadata_chunks_are_dropped_and_the_pixels_kept():
     opened = open_image(with_metadata, 50_000_000)
     load(opened)
     assert not opened.text and opened.tobytes() == image.tobytes()
+
+
+ACCEPTED = "this service classifies JPEG, PNG or image/vnd.viam.rgba frames"
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"DEPTHMAP" + struct.pack(">QQ", 4, 3), "the data is a depth map of 4x3 (image/vnd.viam.dep), not a colour image (24 bytes)"),
+        (b"VERSIONX\n1\n", "the data is a depth map (rdk raw depth, VERSIONX), not a colour image (11 bytes)"),
+        (b"\n  # .PCD v.7\n", "the data is a point cloud (pointcloud/pcd), not an image (14 bytes)"),
+        (b"VERSION\t.7\n", "the data is a point cloud (pointcloud/pcd), not an image (11 bytes)"),
+        (b"FIELDS x y z\n", "the data is a point cloud (pointcloud/pcd), not an image (13 bytes)"),
+        (b"ply\r\nformat", "the data is a point cloud (PLY), not an image (11 bytes)"),
+        (b"ply\nformat", "the data is a point cloud (PLY), not an image (10 bytes)"),
+        (bytes(range(12)), "unsupported image format (first bytes 00 01 02 03 04 05 06 07)"),
+        (b"GIF89a" + bytes(4), "unsupported image format: a GIF image (first bytes 47 49 46 38 39 61 00 00)"),
+    ],
+    ids=["depth-header-only", "versionx", "pcd-after-blank-lines", "pcd-version-tab", "pcd-fields", "ply-crlf", "ply", "unknown", "gif"],
+)
+def test_what_is_not_an_image_is_named_exactly(data, message):
+    with pytest.raises(DecodeError) as caught:
+        open_image(data, 50_000_000)
+    assert str(caught.value) == f"{message}; {ACCEPTED}"
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError("image file is truncated (3 bytes not processed)"), "the data ends early (truncated): image file is truncated (3 bytes not processed)"),
+        (OSError("Truncated File Read"), "the data ends inside the header (truncated)"),
+        (OSError("broken data stream when reading image file"), "corrupt data (a broken compressed stream)"),
+        (SyntaxError("unrecognized data stream contents when reading image file"), "corrupt data (unrecognised compressed stream)"),
+        (ValueError("  not a PNG file  "), "not a PNG file"),
+        (struct.error(""), "error"),
+    ],
+)
+def test_pillows_terse_reasons_are_said_plainly(error, reason):
+    from onnx_classifier.decode import _reason
+
+    assert _reason(error) == reason
+
+
+def test_a_one_row_rgba_frame_is_read_top_row_first():
+    rows = Image.new("RGBA", (3, 2), (255, 0, 0, 255))
+    rows.paste((0, 0, 255, 255), (0, 1, 3, 2))
+    for image in (rows, rows.crop((0, 0, 3, 1))):
+        data = b"RGBA" + struct.pack(">II", *image.size) + image.tobytes()
+        opened = open_image(data, 6)
+        assert opened.size == image.size and opened.tobytes() == image.tobytes()

@@ -13,6 +13,7 @@ from onnx_classifier.decode import open_image
 from onnx_classifier import preprocess
 from onnx_classifier.preprocess import DRAFT_OVERSAMPLE
 
+from .conftest import encode
 from .variants import camera_frames
 
 FRAMES = 210
@@ -103,3 +104,31 @@ def test_exact_path_is_the_textbook_recipe(fast_and_exact):
         pixels = np.asarray(resized.crop((left, top, left + 224, top + 224)), np.float32) / 255
         expected = ((pixels - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)[None]
         np.testing.assert_allclose(exact.preprocess(data), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size, box, decoded",
+    [
+        ((3840, 2160), None, (960, 540)),
+        ((1920, 1080), None, (960, 540)),
+        ((1280, 720), None, (1280, 720)),  # half would be 640x360, less than twice the 911x512 the crop needs
+        ((640, 480), None, (640, 480)),
+        ((3840, 2160), (1920, 1080, 3840, 2160), (1920, 1080)),  # a region needs the scale of its own size
+    ],
+)
+def test_a_jpeg_is_decoded_at_the_smallest_scale_that_keeps_twice_the_models_pixels(fast_and_exact, size, box, decoded):
+    preprocessor = fast_and_exact[0]._preprocess
+    frame = Image.new("RGB", size, (90, 120, 200))
+    jpeg = open_image(encode(frame, "JPEG"), 50_000_000)
+    preprocessor.fast_pixels(jpeg, box)
+    assert jpeg.size == decoded
+    png = open_image(encode(frame.resize((size[0] // 4, size[1] // 4)), "PNG"), 50_000_000)
+    preprocessor.fast_pixels(png, None)
+    assert png.size == (size[0] // 4, size[1] // 4)  # only a JPEG can be decoded at reduced scale
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+def test_timings_are_given_for_decoding_and_fitting(fast_and_exact, exact):
+    timings = {}
+    fast_and_exact[exact].preprocess(encode(Image.new("RGB", (640, 480), (90, 120, 200)), "JPEG"), timings=timings)
+    assert set(timings) == {"decode", "preprocess"} and all(seconds >= 0.0 for seconds in timings.values())

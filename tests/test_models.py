@@ -1,11 +1,15 @@
 """Heads, layouts, dtypes, quantization and preprocessing on small models, checked against numpy."""
 
+import hashlib
+
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
 from onnx_classifier import Classifier, parse_service_config
 from onnx_classifier.config import Head
+from onnx_classifier.cores import available_cores
 from onnx_classifier.head import sigmoid, softmax
 
 from . import onnx_models
@@ -201,3 +205,92 @@ def test_center_crop_takes_the_middle(model_dir, exact):
     classifier = load(onnx_models.build(model_dir / "m.onnx"), resize="center_crop", crop_fraction=1.0, exact_preprocessing=exact)
     tensor = classifier.preprocess(encode(image, "JPEG", quality=95))
     assert tensor[0, 1].mean() > 0.95 and tensor[0, 0].mean() < 0.05 and tensor[0, 2].mean() < 0.05
+
+
+def test_info_describes_what_is_loaded_and_how_it_runs(model_dir):
+    path = onnx_models.build(model_dir / "m.onnx", features_output=True, sidecar={"labels": ["ant", "bee", "cat", "dog", "eel"]})
+    classifier = load(
+        path,
+        output_name="class_scores",
+        head="sigmoid",
+        input_size=[16, 16],
+        resize="letterbox",
+        crop_fraction=0.5,
+        crop_rounding="floor",
+        mean=[0.1, 0.2, 0.3],
+        std=[0.4, 0.5, 0.6],
+        channel_order="BGR",
+        interpolation="bicubic",
+        exact_preprocessing=True,
+        max_image_pixels=1234,
+        num_threads=1,
+    )
+    assert classifier.info() == {
+        "model_path": str(path),
+        "model_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "input": {"name": "image", "shape": ["N", 3, 16, 16], "type": "tensor(float)", "layout": "NCHW"},
+        "output": {"name": "class_scores", "shape": ["N", 5], "type": "tensor(float)"},
+        "labels": {"count": 5, "first": ["ant", "bee", "cat", "dog", "eel"]},
+        "head": {"in_use": "sigmoid", "reason": "set by attribute 'head'"},
+        "preprocessing": {
+            "input_size": [16, 16],
+            "resize": "letterbox",
+            "crop_fraction": 0.5,
+            "crop_rounding": "floor",
+            "mean": [0.1, 0.2, 0.3],
+            "std": [0.4, 0.5, 0.6],
+            "channel_order": "BGR",
+            "interpolation": "bicubic",
+            "exact_preprocessing": True,
+            "max_image_pixels": 1234,
+        },
+        "providers": {"requested": ["CPUExecutionProvider"], "in_use": ["CPUExecutionProvider"]},
+        "threads": {"intra_op": 1, "inter_op": 1, "spinning": False},
+        "onnxruntime_version": ort.__version__,
+    }
+    classifier.close()
+    with pytest.raises(RuntimeError, match="the classifier is closed"):
+        classifier.info()
+    with pytest.raises(RuntimeError, match="the classifier is closed"):
+        classifier.classify(solid(RED_ISH), 1)
+
+
+def test_info_defaults_and_the_threads_available(model_dir):
+    info = load(onnx_models.build(model_dir / "m.onnx", layout="NHWC", input_type=TensorProto.UINT8)).info()
+    assert info["input"] == {"name": "image", "shape": ["N", 16, 16, 3], "type": "tensor(uint8)", "layout": "NHWC"}
+    assert info["labels"] == {"count": 5, "first": ["0", "1", "2", "3", "4"]}
+    assert info["preprocessing"] == {
+        "input_size": [16, 16],
+        "resize": "stretch",
+        "crop_fraction": 0.875,
+        "crop_rounding": "round",
+        "mean": [0.0],
+        "std": [1.0],
+        "channel_order": "RGB",
+        "interpolation": "bilinear",
+        "exact_preprocessing": False,
+        "max_image_pixels": 50_000_000,
+    }
+    assert info["threads"] == {"intra_op": available_cores(), "inter_op": 1, "spinning": False}
+
+
+@pytest.mark.parametrize(
+    "build, attributes, head, reason",
+    [
+        ({}, {"head": "none"}, Head.NONE, "set by attribute 'head'"),
+        ({"sidecar": {"head": "sigmoid"}}, {}, Head.SIGMOID, "set by the model description's 'head'"),
+        ({"final": "Softmax"}, {}, Head.NONE, "auto: the graph already ends in Softmax, so its output is used as it is"),
+        ({"final": "Sigmoid"}, {}, Head.NONE, "auto: the graph already ends in Sigmoid, so its output is used as it is"),
+        (
+            {},
+            {},
+            Head.SOFTMAX,
+            "auto: softmax, unless a frame's output already is a probability distribution (checked on every frame; "
+            "the output for a blank image is not one)",
+        ),
+    ],
+    ids=["attribute", "description", "softmax-graph", "sigmoid-graph", "logits"],
+)
+def test_the_head_in_use_and_why(model_dir, build, attributes, head, reason):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", **build), **attributes)
+    assert classifier.head_in_use() == (head, reason)

@@ -1,7 +1,10 @@
 """The Viam adapter in-process: what viam-server's close-then-new reconfigure costs, and what close releases."""
 
 import gc
+import logging
+import os
 import struct
+import time
 import weakref
 
 import numpy as np
@@ -134,3 +137,49 @@ def test_hyperframe_repr_patch_gives_the_same_text():
         assert hyperframe.frame._raw_data_repr(data) == original(data)
     frame = hyperframe.frame.DataFrame(1, data=os.urandom(16384))
     assert repr(frame).endswith("...>")
+
+
+def test_shared_classifiers_keep_one_in_use_until_its_last_user_releases_it(tmp_path):
+    shared = SharedClassifiers()
+    first = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "a.onnx"))}).classifier
+    second = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "b.onnx", final="Softmax"))}).classifier
+    a = shared.acquire(first)
+    assert shared.acquire(first) is a
+    shared.release(a)  # one user left
+    b = shared.acquire(second)
+    assert shared.loaded() == [a, b]  # a was in use, not idle, so loading b did not drop it
+    shared.release(a)
+    shared.release(b)
+    assert shared.loaded() == [b]  # the most recently released one stays idle; a is dropped
+    assert shared.acquire(second) is b  # from idle...
+    c = shared.acquire(first)  # ...and then another, with nothing idle
+    assert c is not a and shared.loaded() == [b, c]
+    shared.release(object())  # not one of its own: nothing changes
+    assert shared.loaded() == [b, c]
+
+
+def test_an_edited_labels_file_is_a_different_model(tmp_path):
+    shared = SharedClassifiers()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\ne\n")
+    cfg = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "m.onnx")), "labels_path": str(labels)}).classifier
+    first = shared.acquire(cfg)
+    shared.release(first)
+    labels.write_text("v\nw\nx\ny\nz\n")
+    stat = labels.stat()  # a same-second rewrite still counts: move the stamp on
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    second = shared.acquire(cfg)
+    assert second is not first and second.labels == ("v", "w", "x", "y", "z")
+
+
+def test_a_load_is_logged_with_its_path_and_duration(tmp_path, caplog):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    cfg = parse_service_config({"model_path": str(path)}).classifier
+    caplog.set_level(logging.INFO, logger="onnx_classifier.classifier")
+    started = time.perf_counter()
+    SharedClassifiers().acquire(cfg)
+    elapsed = time.perf_counter() - started
+    (record,) = [r for r in caplog.records if r.name == "onnx_classifier.classifier"]
+    words = record.getMessage().split()
+    assert words[:3] == ["loaded", str(path), "in"] and words[-1] == "s"
+    assert 0.0 <= float(words[3]) <= elapsed + 0.01  # the load's own duration, rounded to 0.01 s
