@@ -404,3 +404,17 @@ def test_a_one_row_rgba_frame_is_read_top_row_first():
         data = b"RGBA" + struct.pack(">II", *image.size) + image.tobytes()
         opened = open_image(data, 6)
         assert opened.size == image.size and opened.tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+def test_a_palette_frame_is_resized_as_its_colours_not_its_indices(model_path, exact):
+    """Two colours side by side: the palette frame is converted before the (bilinear) resize, so it
+    gives exactly the RGB frame's scores; resizing palette indices would blend nothing at the edge."""
+    classifier = Classifier(
+        parse_service_config({"model_path": str(model_path), "resize": "stretch", "exact_preprocessing": exact}).classifier
+    )
+    rgb = Image.new("RGB", (45, 30), COLOUR)
+    rgb.paste((20, 220, 60), (0, 0, 22, 30))
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
+    assert palette.convert("RGB").tobytes() == rgb.tobytes()
+    assert classifier.image_scores(encode(palette)).tolist() == classifier.image_scores(encode(rgb)).tolist()

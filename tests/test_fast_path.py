@@ -132,3 +132,17 @@ def test_timings_are_given_for_decoding_and_fitting(fast_and_exact, exact):
     timings = {}
     fast_and_exact[exact].preprocess(encode(Image.new("RGB", (640, 480), (90, 120, 200)), "JPEG"), timings=timings)
     assert set(timings) == {"decode", "preprocess"} and all(seconds >= 0.0 for seconds in timings.values())
+
+
+def test_a_reduced_scale_decode_crops_where_the_exact_path_does(fast_and_exact):
+    """Bands of colour across a 4K frame, decoded at a quarter of its size: the fast path's input is
+    the exact path's but for resampling (a few hundredths), not a shifted crop (whole bands off)."""
+    fast, exact = fast_and_exact
+    frame = Image.new("RGB", (3840, 2160))
+    for index, colour in enumerate([(250, 30, 30), (30, 250, 30), (30, 30, 250), (250, 250, 30), (30, 250, 250), (250, 30, 250)]):
+        frame.paste(colour, (0, index * 360, 3840, (index + 1) * 360))
+        frame.paste(tuple(255 - c for c in colour), (index * 640, 0, index * 640 + 40, 2160))
+    data = encode(frame, "JPEG", quality=95)
+    assert open_image(data, 50_000_000).size == (3840, 2160)
+    difference = np.abs(fast.preprocess(data) - exact.preprocess(data))
+    assert np.percentile(difference, 99) < 0.5 and difference.mean() < 0.05, (difference.mean(), np.percentile(difference, 99))

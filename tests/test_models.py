@@ -1,6 +1,7 @@
 """Heads, layouts, dtypes, quantization and preprocessing on small models, checked against numpy."""
 
 import hashlib
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -294,3 +295,21 @@ def test_info_defaults_and_the_threads_available(model_dir):
 def test_the_head_in_use_and_why(model_dir, build, attributes, head, reason):
     classifier = load(onnx_models.build(model_dir / "m.onnx", **build), **attributes)
     assert classifier.head_in_use() == (head, reason)
+
+
+def test_every_stage_is_timed(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"))
+    timings = {}
+    started = time.perf_counter()
+    classifier.image_scores(solid(RED_ISH), timings=timings)
+    elapsed = time.perf_counter() - started
+    assert set(timings) == {"decode", "preprocess", "inference", "postprocess"}
+    assert all(seconds >= 0.0 for seconds in timings.values()) and sum(timings.values()) <= elapsed
+
+
+def test_letterbox_into_a_tall_input(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", size=None), input_size=[24, 12], resize="letterbox")
+    tensor = classifier.preprocess(solid((255, 255, 255), size=(40, 40)))
+    assert tensor.shape == (1, 3, 24, 12)
+    rows = tensor[0, 0].max(axis=1)
+    assert rows[:6].max() == 0.0 and (rows[6:18] == 1.0).all() and rows[18:].max() == 0.0  # a 12x12 square, centred

@@ -4,8 +4,10 @@ import gc
 import logging
 import os
 import struct
+import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from viam.media.video import CameraMimeType, ViamImage
 from viam.proto.app.robot import ComponentConfig
 from viam.utils import dict_to_struct
 
+from onnx_classifier import classifier as classifier_module
 from onnx_classifier.classifier import SharedClassifiers
 from onnx_classifier.config import Head, parse_service_config
 from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
@@ -183,3 +186,42 @@ def test_a_load_is_logged_with_its_path_and_duration(tmp_path, caplog):
     words = record.getMessage().split()
     assert words[:3] == ["loaded", str(path), "in"] and words[-1] == "s"
     assert 0.0 <= float(words[3]) <= elapsed + 0.01  # the load's own duration, rounded to 0.01 s
+
+
+def test_two_threads_loading_one_model_at_once_share_one_and_count_both_users(tmp_path, monkeypatch):
+    """Both threads load the model (neither is done when the other starts); the second to finish
+    uses the first's, and both count as its users."""
+    both_loading = threading.Barrier(2)
+
+    class LoadedTogether(classifier_module.Classifier):
+        def __init__(self, config):
+            super().__init__(config)
+            both_loading.wait(timeout=60)
+
+    monkeypatch.setattr(classifier_module, "Classifier", LoadedTogether)
+    shared = SharedClassifiers()
+    cfg = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "a.onnx"))}).classifier
+    other = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "b.onnx", final="Softmax"))}).classifier
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: shared.acquire(cfg), range(2))
+    assert a is b
+    monkeypatch.undo()
+    shared.release(a)
+    o = shared.acquire(other)
+    assert shared.loaded() == [a, o]  # one user left: still in use
+    shared.release(b)
+    assert shared.loaded() == [o, a]  # idle now
+    shared.release(o)
+    assert shared.loaded() == [o]
+
+
+def test_three_users_release_one_at_a_time(tmp_path):
+    shared = SharedClassifiers()
+    cfg = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "a.onnx"))}).classifier
+    other = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "b.onnx", final="Softmax"))}).classifier
+    a = shared.acquire(cfg)
+    assert shared.acquire(cfg) is a and shared.acquire(cfg) is a
+    shared.release(a)
+    shared.release(a)
+    o = shared.acquire(other)
+    assert shared.loaded() == [a, o]  # the third user still holds it
