@@ -313,3 +313,60 @@ def test_letterbox_into_a_tall_input(model_dir):
     assert tensor.shape == (1, 3, 24, 12)
     rows = tensor[0, 0].max(axis=1)
     assert rows[:6].max() == 0.0 and (rows[6:18] == 1.0).all() and rows[18:].max() == 0.0  # a 12x12 square, centred
+
+
+@pytest.mark.parametrize(
+    "attributes, frame, resized, crop_at",
+    [
+        ({}, (641, 480), (342, 256), (59, 16)),  # 341.87 rounds up; (342 - 224) / 2 = 59
+        ({"crop_rounding": "floor"}, (641, 480), (341, 256), (58, 16)),  # truncated; 58.5 floored
+        ({}, (480, 641), (256, 342), (16, 59)),
+        ({}, (640, 480), (341, 256), (58, 16)),  # 58.5 rounds half to even
+        ({"crop_fraction": 1.0}, (300, 100), (672, 224), (224, 0)),
+    ],
+)
+def test_center_crop_placement(model_dir, attributes, frame, resized, crop_at):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", size=None), input_size=[224, 224], resize="center_crop", **attributes)
+    place = classifier._preprocess.placement(*frame)
+    (left, top), (width, height) = crop_at, frame
+    fx, fy = width / resized[0], height / resized[1]
+    assert place.resized == resized and place.crop_at == crop_at
+    assert place.size == (224, 224) and place.offset == (0, 0) and place.scale == resized[0] / width
+    assert place.box == pytest.approx((left * fx, top * fy, (left + 224) * fx, (top + 224) * fy), rel=1e-12)
+
+
+def test_center_crop_into_a_wide_input(model_dir):
+    """input_size [32, 48] with crop_fraction 0.5: cover 96x64, so a 200x100 frame is resized to
+    128x64 and its centre 48x32 taken, from (40, 16)."""
+    classifier = load(onnx_models.build(model_dir / "m.onnx", size=None), input_size=[32, 48], resize="center_crop", crop_fraction=0.5)
+    place = classifier._preprocess.placement(200, 100)
+    assert (place.resized, place.crop_at, place.size) == ((128, 64), (40, 16), (48, 32))
+    assert place.box == pytest.approx((62.5, 25.0, 137.5, 75.0))
+    assert classifier.preprocess(solid(RED_ISH, size=(200, 100))).shape == (1, 3, 32, 48)
+
+
+@pytest.mark.parametrize(
+    "resize, frame, box, size, offset, scale",
+    [
+        ("stretch", (640, 480), (0.0, 0.0, 640.0, 480.0), (224, 224), (0, 0), 224 / 480),
+        ("letterbox", (640, 480), (0.0, 0.0, 640.0, 480.0), (224, 168), (0, 28), 224 / 640),
+        ("letterbox", (480, 640), (0.0, 0.0, 480.0, 640.0), (168, 224), (28, 0), 224 / 640),
+        ("letterbox", (1000, 1), (0.0, 0.0, 1000.0, 1.0), (224, 1), (0, 111), 224 / 1000),
+        ("letterbox", (100, 100), (0.0, 0.0, 100.0, 100.0), (224, 224), (0, 0), 2.24),
+    ],
+)
+def test_stretch_and_letterbox_placement(model_dir, resize, frame, box, size, offset, scale):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", size=None), input_size=[224, 224], resize=resize)
+    place = classifier._preprocess.placement(*frame)
+    assert (place.box, place.size, place.offset, place.resized, place.crop_at) == (box, size, offset, None, (0, 0))
+    assert place.scale == pytest.approx(scale, rel=1e-12)
+
+
+def test_nhwc_float_input_is_normalized_per_channel(model_dir):
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    classifier = load(onnx_models.build(model_dir / "m.onnx", layout="NHWC"), mean=list(mean), std=list(std), channel_order="BGR")
+    tensor = classifier.preprocess(solid(RED_ISH))
+    assert tensor.dtype == np.float32 and tensor.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(tensor[0], np.broadcast_to(normalized(RED_ISH[::-1], mean, std), (16, 16, 3)), rtol=1e-6)
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH[::-1], mean, std)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
