@@ -1,11 +1,15 @@
 """Every validation error: rejected before the service starts, naming the attribute and the value."""
 
+import logging
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_classifier import ConfigError
+from onnx_classifier.config import CropRounding
 from onnx_classifier.classifier import validate_service_config
 
 from . import onnx_models
@@ -312,3 +316,74 @@ def test_a_sidecar_that_is_not_an_object_is_named(tmp_path):
     path.with_suffix(".json").write_text("[1, 2]")
     message = rejects({"model_path": str(path)})
     assert message == f"model sidecar {str(path.with_suffix('.json'))!r} must be a JSON object, got list"
+
+
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({"allowed_labels": []}, "attribute 'allowed_labels' must be a non-empty list of labels (leave it out to allow every label), got []"),
+        ({"providers": []}, "attribute 'providers' must be a non-empty list of onnxruntime execution provider names, got []"),
+        ({"strict_providers": "yes"}, "attribute 'strict_providers' must be true or false, got 'yes'"),
+        ({"label_confidences": ["x"]}, "attribute 'label_confidences' must be an object keyed by name, got ['x']"),
+        ({"label_confidences": {" ": 0.5}}, "attribute 'label_confidences' must be an object keyed by name, got {' ': 0.5}"),
+        ({"confidence_threshold": "high"}, "attribute 'confidence_threshold' must be a number, got 'high'"),
+        ({"mean": [0.5, 0.5]}, "attribute 'mean' must be a list of 1 or 3 numbers, got [0.5, 0.5]"),
+        ({"mean": ["a"]}, "attribute 'mean' must be a list of 1 or 3 numbers, got ['a']"),
+        ({"mean": [True]}, "attribute 'mean' must be a list of 1 or 3 numbers, got [True]"),
+        ({"std": [0.5, 0, 0.5]}, "attribute 'std' must be a list of 1 or 3 positive numbers, got [0.5, 0, 0.5]"),
+        ({"input_size": [224.5, 224]}, "attribute 'input_size' must be [height, width] in whole pixels, got [224.5, 224]"),
+        ({"num_threads": "2"}, "attribute 'num_threads' must be an integer >= 1, got '2'"),
+        ({"num_threads": True}, "attribute 'num_threads' must be an integer >= 1, got True"),
+        ({"smoothing_window": 1001}, "attribute 'smoothing_window' must be an integer in [1, 1000], got 1001"),
+    ],
+)
+def test_messages_name_the_attribute_what_it_must_be_and_the_value(attributes, message):
+    assert rejects(attributes) == message
+
+
+def test_values_at_the_bounds_are_accepted():
+    config, _ = validate(
+        {
+            "num_threads": 1,
+            "smoothing_window": 1000,
+            "label_hold_frames": 1,
+            "label_confidences": {"espresso": 0, "cup": 1},
+            "mean": [-0.5],
+            "crop_fraction": 1,
+            "confidence_threshold": 1,
+            "crop_rounding": "FLOOR",
+        }
+    )
+    assert config.classifier.num_threads == 1 and config.smoothing_window == 1000 and config.label_hold_frames == 1
+    assert config.labels.label_confidences == (("espresso", 0.0), ("cup", 1.0))
+    pre = config.classifier.preprocessing
+    assert pre.mean == (-0.5,) and pre.crop_fraction == 1.0 and pre.crop_rounding is CropRounding.FLOOR
+    assert config.confidence_threshold == 1.0
+
+
+def test_provider_messages_and_a_single_warning_for_a_missing_one(caplog):
+    from onnx_classifier import classifier
+
+    unknown = rejects({"providers": ["Nope"]})
+    assert unknown == (
+        "attribute 'providers': 'Nope' is not an onnxruntime execution provider; known providers are: "
+        + ", ".join(ort.get_all_providers())
+    )
+    missing = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p not in ort.get_available_providers()]
+    if len(missing) < 2:
+        pytest.skip("this onnxruntime has a GPU provider")
+    assert rejects({"providers": missing, "strict_providers": True}) == (
+        f"attribute 'providers': {', '.join(map(repr, missing))} not available in the installed onnxruntime "
+        f"{ort.__version__} (available: {', '.join(ort.get_available_providers())}); install the onnxruntime package "
+        "built with it, or set 'strict_providers' to false to fall back"
+    )
+    classifier._warned_unavailable.discard(missing[0])
+    caplog.set_level(logging.WARNING, logger="onnx_classifier.classifier")
+    for _ in range(2):
+        config, _ = validate({"providers": [missing[0], "CPUExecutionProvider"]})
+        assert classifier.resolve_providers(config.classifier) == ("CPUExecutionProvider",)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "onnx_classifier.classifier"]
+    assert warnings == [
+        f"execution provider {missing[0]} is not available in onnxruntime {ort.__version__} "
+        f"(available: {', '.join(ort.get_available_providers())}); falling back"
+    ]

@@ -4,11 +4,12 @@ import hashlib
 import time
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from onnx_classifier import Classifier, parse_service_config
+from onnx_classifier import Classifier, ConfigError, parse_service_config
 from onnx_classifier.config import Head
 from onnx_classifier.cores import available_cores
 from onnx_classifier.head import sigmoid, softmax
@@ -370,3 +371,47 @@ def test_nhwc_float_input_is_normalized_per_channel(model_dir):
     np.testing.assert_allclose(tensor[0], np.broadcast_to(normalized(RED_ISH[::-1], mean, std), (16, 16, 3)), rtol=1e-6)
     expected = softmax(onnx_models.scores_for(normalized(RED_ISH[::-1], mean, std)))
     np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_a_greyscale_model_sees_the_frames_luma(model_dir, image_format):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", channels=1, size=(32, 32)))
+    tensor = classifier.preprocess(solid(RED_ISH, size=(256, 256), image_format=image_format))
+    assert tensor.shape == (1, 1, 32, 32)
+    grey = 94  # RED_ISH's luma, (200 * 299 + 40 * 587 + 90 * 114) / 1000 rounded
+    np.testing.assert_allclose(tensor, grey / 255, atol=1.5 / 255 if image_format == "JPEG" else 1e-6)
+    expected = softmax(onnx_models.scores_for([grey / 255]))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_a_model_with_a_fixed_batch_of_one(model_dir, layout):
+    classifier = load(onnx_models.build(model_dir / "m.onnx", layout=layout, batch=1))
+    expected = softmax(onnx_models.scores_for(normalized(RED_ISH)))
+    np.testing.assert_allclose(as_array(classifier.classify(solid(RED_ISH), 5)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_labels_that_do_not_match_a_dynamic_class_count_are_found_at_load(model_dir):
+    path = onnx_models.build(model_dir / "m.onnx", dynamic_classes=True, sidecar={"labels": ["a", "b", "c"]})
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == "3 labels were given but the model outputs 5 classes"
+
+
+def test_a_model_onnxruntime_cannot_load_is_named(model_dir):
+    from onnx import helper
+
+    path = model_dir / "custom.onnx"
+    model = onnx.load(onnx_models.build(path))
+    model.graph.node.append(helper.make_node("Frobnicate", ["class_scores"], ["unused"], domain="com.acme"))
+    model.opset_import.append(helper.make_opsetid("com.acme", 1))
+    onnx.save(model, path)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value).startswith(f"model_path {str(path)!r} cannot be loaded by onnxruntime: ")
+
+
+def test_sessions_do_not_spin(model_dir):
+    classifier = load(onnx_models.build(model_dir / "m.onnx"))
+    assert classifier.options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert classifier.options.inter_op_num_threads == 1
