@@ -418,3 +418,9 @@ def test_a_palette_frame_is_resized_as_its_colours_not_its_indices(model_path, e
     palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=2)
     assert palette.convert("RGB").tobytes() == rgb.tobytes()
     assert classifier.image_scores(encode(palette)).tolist() == classifier.image_scores(encode(rgb)).tolist()
+
+
+def test_a_frame_that_fails_to_decode_says_which_format_and_why():
+    with pytest.raises(DecodeError) as caught:
+        load(open_image(photo("rocket.jpg")[:-2000], 50_000_000))
+    assert str(caught.value).startswith("cannot decode the JPEG data: the data ends early (truncated): image file is truncated")
