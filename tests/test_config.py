@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_classifier import ConfigError
-from onnx_classifier.config import CropRounding
+from onnx_classifier.config import CropRounding, Region
 from onnx_classifier.classifier import validate_service_config
 
 from . import onnx_models
@@ -335,6 +335,16 @@ def test_a_sidecar_that_is_not_an_object_is_named(tmp_path):
         ({"num_threads": "2"}, "attribute 'num_threads' must be an integer >= 1, got '2'"),
         ({"num_threads": True}, "attribute 'num_threads' must be an integer >= 1, got True"),
         ({"smoothing_window": 1001}, "attribute 'smoothing_window' must be an integer in [1, 1000], got 1001"),
+        ({"camera_name": 3.0}, "attribute 'camera_name' must be a non-empty string, got 3.0"),
+        ({"camera_names": "cam"}, "attribute 'camera_names' must be a list of non-empty strings, got 'cam'"),
+        (
+            {"regions_by_camera": {"door": [0, 0, 1, 1]}},
+            "attribute 'regions_by_camera' names camera 'door', which is not in 'camera_name' or 'camera_names' (configured: none)",
+        ),
+        (
+            {"camera_names": ["a", "b"], "regions_by_camera": {"door": [0, 0, 1, 1]}},
+            "attribute 'regions_by_camera' names camera 'door', which is not in 'camera_name' or 'camera_names' (configured: 'a', 'b')",
+        ),
     ],
 )
 def test_messages_name_the_attribute_what_it_must_be_and_the_value(attributes, message):
@@ -387,3 +397,26 @@ def test_provider_messages_and_a_single_warning_for_a_missing_one(caplog):
         f"execution provider {missing[0]} is not available in onnxruntime {ort.__version__} "
         f"(available: {', '.join(ort.get_available_providers())}); falling back"
     ]
+
+
+def test_camera_settings_and_their_defaults():
+    defaults, _ = validate({})
+    assert (defaults.camera_timeout_s, defaults.smoothing_window, defaults.label_hold_frames) == (5.0, 1, 1)
+    config, _ = validate({"camera_timeout_s": 2, "smoothing_window": 4, "label_hold_frames": 3})
+    assert (config.camera_timeout_s, config.smoothing_window, config.label_hold_frames) == (2.0, 4, 3)
+
+
+def test_an_unknown_sidecar_key_with_no_close_name_lists_the_known_ones(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    path.with_suffix(".json").write_text('{"zzz": 1}')
+    assert rejects({"model_path": str(path)}) == (
+        f"model sidecar {str(path.with_suffix('.json'))!r} key 'zzz' is not recognized; known keys are: labels_path, labels, "
+        "head, input_size, resize, crop_fraction, crop_rounding, mean, std, channel_order, interpolation"
+    )
+
+
+def test_regions_by_camera_over_the_services_region():
+    config, _ = validate({"camera_names": ["a", "b"], "region": [0, 0, 0.5, 1], "regions_by_camera": {"b": [0.5, 0, 1, 1]}})
+    assert config.region_for("a") == Region(0.0, 0.0, 0.5, 1.0) and config.region_for(None) == Region(0.0, 0.0, 0.5, 1.0)
+    assert config.region_for("b") == Region(0.5, 0.0, 1.0, 1.0)
+    assert validate({"camera_names": ["a"]})[0].region_for("a") is None

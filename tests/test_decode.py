@@ -424,3 +424,9 @@ def test_a_frame_that_fails_to_decode_says_which_format_and_why():
     with pytest.raises(DecodeError) as caught:
         load(open_image(photo("rocket.jpg")[:-2000], 50_000_000))
     assert str(caught.value).startswith("cannot decode the JPEG data: the data ends early (truncated): image file is truncated")
+
+
+def test_a_header_pillow_cannot_read_is_named_with_its_size_and_reason():
+    with pytest.raises(DecodeError) as caught:
+        open_image(b"\x89PNG\r\n\x1a\n" + bytes(50), 50_000_000)
+    assert str(caught.value).startswith("cannot read the PNG image (58 bytes): ") and "None" not in str(caught.value)

@@ -146,3 +146,14 @@ def test_a_reduced_scale_decode_crops_where_the_exact_path_does(fast_and_exact):
     assert open_image(data, 50_000_000).size == (3840, 2160)
     difference = np.abs(fast.preprocess(data) - exact.preprocess(data))
     assert np.percentile(difference, 99) < 0.5 and difference.mean() < 0.05, (difference.mean(), np.percentile(difference, 99))
+
+
+def test_a_one_row_output_is_resized_in_one_piece(fast_and_exact, monkeypatch):
+    """A letterboxed 5000x5 strip fills one row of the input: there is no half to hand over."""
+    pool = CountingPool()
+    monkeypatch.setattr(preprocess, "_HALF_RESIZER", pool)
+    frame = Image.new("RGB", (5000, 5), (90, 120, 200))
+    resizer = fast_and_exact[0]._preprocess
+    strip = resizer._resize(frame, (224, 1), (0.0, 0.0, 5000.0, 5.0))
+    pool.shutdown()
+    assert strip.size == (224, 1) and pool.jobs == 0
