@@ -69,3 +69,4 @@ def test_is_distribution():
     assert is_distribution(np.array([0.5, 0.5009])) and not is_distribution(np.array([0.5, 0.5011]))
     assert not is_distribution(np.array([-0.25, 1.25])) and not is_distribution(np.array([1.5, -0.5]))
     assert not is_distribution(np.zeros(3))
+    assert not is_distribution(np.array([1.0005, 0.0]))  # within the sum's tolerance, but above 1
