@@ -6,21 +6,25 @@
 #                                  module-<os>-<arch>-py<version>.tar.gz, which also holds a wheelhouse
 #                                  for that one target (default: this machine's platform and Python),
 #                                  so run.sh installs with no network at all.
+#   --out DIR                      write the tarball, and the wheelhouse's staging folder build/, into
+#                                  DIR instead of this folder (the tests build into temporary folders).
 set -euo pipefail
+caller="$PWD"
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PYTHON="${PYTHON:-python3}"
 CONTENTS=(run.sh meta.json pyproject.toml README.md src models)
 
 usage() {
-    echo "usage: $0 [--wheels [--platform linux/amd64|linux/arm64|darwin/arm64] [--python 3.X]]" >&2
+    echo "usage: $0 [--out DIR] [--wheels [--platform linux/amd64|linux/arm64|darwin/arm64] [--python 3.X]]" >&2
     exit 2
 }
 
-wheels=false target_platform="" target_python=""
+wheels=false target_platform="" target_python="" out="$PWD"
 while [ $# -gt 0 ]; do
     case "$1" in
         --wheels) wheels=true ;;
+        --out) [ $# -ge 2 ] || usage; out="$(cd "$caller" && mkdir -p "$2" && cd "$2" && pwd)"; shift ;;
         --platform) [ $# -ge 2 ] || usage; target_platform="$2"; shift ;;
         --python) [ $# -ge 2 ] || usage; target_python="$2"; shift ;;
         *) usage ;;
@@ -29,9 +33,9 @@ while [ $# -gt 0 ]; do
 done
 if ! $wheels; then
     [ -z "$target_platform$target_python" ] || { echo "--platform and --python need --wheels" >&2; usage; }
-    rm -f module.tar.gz
-    tar -czf module.tar.gz --exclude='__pycache__' --exclude='*.egg-info' "${CONTENTS[@]}"
-    echo "built module.tar.gz ($(du -h module.tar.gz | cut -f1))"
+    rm -f "$out/module.tar.gz"
+    tar -czf "$out/module.tar.gz" --exclude='__pycache__' --exclude='*.egg-info' "${CONTENTS[@]}"
+    echo "built $out/module.tar.gz ($(du -h "$out/module.tar.gz" | cut -f1))"
     exit 0
 fi
 
@@ -63,8 +67,8 @@ case "$target_python" in
 esac
 
 name="module-${target_platform//\//-}-py${target_python}"
-stage="build/$name"
-rm -rf "$stage" "$name.tar.gz"
+stage="$out/build/$name"
+rm -rf "$stage" "$out/$name.tar.gz"
 mkdir -p "$stage/wheels"
 platform_args=()
 for tag in $platform_tags; do platform_args+=(--platform "$tag"); done
@@ -90,5 +94,5 @@ echo "downloading wheels for $target_platform, Python $target_python"
     echo "python=$target_python"
     for wheel in "$stage"/wheels/*.whl; do echo "wheel=${wheel##*/}"; done
 } >"$stage/wheels/manifest.txt"
-tar -czf "$name.tar.gz" --exclude='__pycache__' --exclude='*.egg-info' "${CONTENTS[@]}" -C "$stage" wheels
-echo "built $name.tar.gz ($(du -h "$name.tar.gz" | cut -f1))"
+tar -czf "$out/$name.tar.gz" --exclude='__pycache__' --exclude='*.egg-info' "${CONTENTS[@]}" -C "$stage" wheels
+echo "built $out/$name.tar.gz ($(du -h "$out/$name.tar.gz" | cut -f1))"

@@ -44,14 +44,42 @@ MODEL = json.loads((PROJECT_ROOT / "meta.json").read_text())["models"][0]["model
 VISION_API = "rdk:service:vision"
 
 
-# What modules logged through their parent (RobotService.Log, as viam-server receives module logs).
-PARENT_LOG: list[str] = []
+class ModuleLog:
+    """What one module logged through its parent (RobotService.Log, as viam-server receives module
+    logs). Each parent robot has its own, so one test's lines never meet another's."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def append(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    async def wait_for(self, fragment: str) -> None:
+        """Until a line containing `fragment` has arrived (the test's timeout bounds the wait)."""
+        while True:
+            self._changed.clear()
+            if fragment in self.text():
+                return
+            await self._changed.wait()
+
+
+class ParentRobot(Server):
+    """The SDK's server with a log of what the module sends to its parent."""
+
+    def __init__(self, resources: Sequence[ResourceBase]):
+        super().__init__(list(resources))
+        self.module_log = ModuleLog()
 
 
 async def _receive_module_logs(self, stream) -> None:
     request = await stream.recv_message()
     for entry in request.logs:
-        PARENT_LOG.append(f"{entry.level}\t{entry.logger_name}\t{entry.message}")
+        self.manager.module_log.append(f"{entry.level}\t{entry.logger_name}\t{entry.message}")
     await stream.send_message(LogResponse())
 
 
@@ -61,7 +89,8 @@ RobotService.Log = _receive_module_logs
 
 class StillCamera(Camera):
     """A real Camera that serves one fixed frame (None: no colour image); `frame`, `error`,
-    `no_images`, `hang` and `extra_images` can be changed between calls."""
+    `no_images`, `hang` and `extra_images` can be changed between calls. `asked` counts the
+    requests it has received; `await wait_until_asked(n)` returns once there have been n."""
 
     def __init__(self, name: str, frame: Optional[bytes], mime_type: str = "image/jpeg"):
         super().__init__(name)
@@ -69,14 +98,34 @@ class StillCamera(Camera):
         self.mime_type = mime_type
         self.error: Optional[Exception] = None
         self.no_images = False
-        self.hang = False  # while set, get_images does not answer (an unplugged USB camera can do this)
         self.extra_images: list[NamedImage] = []  # served after the frame, as a depth camera serves its depth map
-        self.requests = 0
+        self.asked = 0
+        self._asked_changed = asyncio.Event()
+        self._answering = asyncio.Event()  # cleared while the camera hangs
+        self._answering.set()
+
+    @property
+    def hang(self) -> bool:
+        """While set, get_images does not answer (an unplugged USB camera can do this); requests
+        received meanwhile are answered once it is cleared."""
+        return not self._answering.is_set()
+
+    @hang.setter
+    def hang(self, value: bool) -> None:
+        if value:
+            self._answering.clear()
+        else:
+            self._answering.set()
+
+    async def wait_until_asked(self, times: int) -> None:
+        while self.asked < times:
+            self._asked_changed.clear()
+            await self._asked_changed.wait()
 
     async def get_images(self, *, filter_source_names=None, extra=None, timeout=None, **kwargs):
-        self.requests += 1
-        while self.hang:
-            await asyncio.sleep(0.05)
+        self.asked += 1
+        self._asked_changed.set()
+        await self._answering.wait()
         if self.error is not None:
             raise self.error
         if self.no_images:
@@ -115,7 +164,7 @@ async def _wait_for_socket(path: Path, deadline_s: float, process: Optional[subp
 @asynccontextmanager
 async def parent_robot(socket_path: Path, resources: Sequence[ResourceBase]):
     """The machine the module's dependencies live on, served as viam-server serves a module's parent."""
-    server = Server(list(resources))
+    server = ParentRobot(resources)
     task = asyncio.create_task(server.serve(path=str(socket_path), log_level=None))
     try:
         await _wait_for_socket(socket_path, 10)
@@ -138,10 +187,18 @@ def service_config(name: str, attributes: Mapping[str, Any]) -> ComponentConfig:
 class ModuleProcess:
     """The module as viam-server runs it: a subprocess given a socket path, then driven over that socket."""
 
-    def __init__(self, command: Sequence[str], socket_path: Path, log_path: Path, env: Optional[Mapping[str, str]] = None):
+    def __init__(
+        self,
+        command: Sequence[str],
+        socket_path: Path,
+        log_path: Path,
+        env: Optional[Mapping[str, str]] = None,
+        parent_log: Optional[ModuleLog] = None,
+    ):
         self.command = list(command)
         self.socket_path = socket_path
         self.log_path = log_path
+        self.parent_log = parent_log or ModuleLog()
         self.env = {**os.environ, **(env or {})}
         self.process: Optional[subprocess.Popen] = None
         self.channel: Optional[Channel] = None
@@ -162,7 +219,7 @@ class ModuleProcess:
     def log(self) -> str:
         """What the module wrote to its output and what it logged through the parent."""
         output = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return output + "".join(line + "\n" for line in PARENT_LOG)
+        return output + self.parent_log.text()
 
     async def ready(self, parent_address: Path):
         return await self.stub.Ready(ReadyRequest(parent_address=str(parent_address)), timeout=30)
@@ -206,10 +263,14 @@ async def running_module(resources: Sequence[ResourceBase], command: Optional[Se
     """
     with tempfile.TemporaryDirectory(prefix="oc-", dir="/tmp") as tmp:
         folder = Path(tmp)
-        module = ModuleProcess(
-            command or [sys.executable, "-m", "onnx_classifier"], folder / "module.sock", folder / "module.log", env
-        )
-        async with parent_robot(folder / "parent.sock", resources):
+        async with parent_robot(folder / "parent.sock", resources) as parent:
+            module = ModuleProcess(
+                command or [sys.executable, "-m", "onnx_classifier"],
+                folder / "module.sock",
+                folder / "module.log",
+                env,
+                parent.module_log,
+            )
             try:
                 await module.start(startup_timeout_s)
                 await module.ready(folder / "parent.sock")

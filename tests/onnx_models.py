@@ -23,28 +23,37 @@ NUM_CLASSES = WEIGHTS.shape[1]
 
 
 def scores_for(channel_means: Sequence[float]) -> np.ndarray:
-    """What the models compute (before any final activation) for the given per-channel input means."""
-    return np.asarray(channel_means, np.float64) @ WEIGHTS.astype(np.float64) + BIAS.astype(np.float64)
+    """What the models compute (before any final activation) for the given per-channel input means
+    (one mean for a one-channel model, which uses the first row of WEIGHTS)."""
+    means = np.asarray(channel_means, np.float64)
+    return means @ WEIGHTS[: means.size].astype(np.float64) + BIAS.astype(np.float64)
 
 
 def build(
     path: Path,
     *,
     layout: str = "NCHW",
+    channels: int = 3,
+    batch: object = "N",
     input_type: int = TensorProto.FLOAT,
     size: Optional[tuple[int, int]] = (16, 16),
     final: Optional[str] = None,
+    scale_after_final: Optional[float] = None,
     quantize_output: Optional[tuple[float, int]] = None,
     features_output: bool = False,
     output_rank: int = 2,
+    dynamic_classes: bool = False,
     metadata: Optional[dict] = None,
     sidecar: Optional[dict] = None,
 ) -> Path:
     """Write a model to `path`. `final` is "Softmax" or "Sigmoid" to end the graph in an activation;
+    `scale_after_final` multiplies the activation's output by a constant, so that the graph no longer
+    ends in the activation (by 1, its output is still a probability distribution);
     `quantize_output` (scale, zero point) makes the output uint8 through QuantizeLinear;
-    `features_output` adds a second output (the channel means) before the class scores."""
+    `features_output` adds a second output (the channel means) before the class scores; `channels`
+    1 makes a greyscale model, `batch` a fixed batch size, `dynamic_classes` an output of [N, C]."""
     height, width = size if size is not None else ("H", "W")
-    shape = ["N", 3, height, width] if layout == "NCHW" else ["N", height, width, 3]
+    shape = [batch, channels, height, width] if layout == "NCHW" else [batch, height, width, channels]
     axes = [2, 3] if layout == "NCHW" else [1, 2]
     nodes = []
     x = "image"
@@ -53,7 +62,7 @@ def build(
         x = "image_f32"
     initializers = [
         numpy_helper.from_array(np.array(axes, np.int64), "axes"),
-        numpy_helper.from_array(WEIGHTS, "weights"),
+        numpy_helper.from_array(WEIGHTS[:channels], "weights"),
         numpy_helper.from_array(BIAS, "bias"),
     ]
     nodes += [
@@ -65,6 +74,10 @@ def build(
     if final is not None:
         nodes.append(helper.make_node(final, [scores], ["activated"], **({"axis": -1} if final == "Softmax" else {})))
         scores = "activated"
+    if scale_after_final is not None:
+        initializers.append(numpy_helper.from_array(np.array(scale_after_final, np.float32), "after_final"))
+        nodes.append(helper.make_node("Mul", [scores, "after_final"], ["scaled"]))
+        scores = "scaled"
     if output_rank == 1:
         initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "flat"))
         nodes.append(helper.make_node("Reshape", [scores, "flat"], ["flattened"]))
@@ -80,10 +93,11 @@ def build(
         scores = "quantized"
         output_type = TensorProto.UINT8
     nodes.append(helper.make_node("Identity", [scores], ["class_scores"]))
-    out_shape = ["N", NUM_CLASSES] if output_rank == 2 else [NUM_CLASSES]
+    classes = "C" if dynamic_classes else NUM_CLASSES
+    out_shape = [batch, classes] if output_rank == 2 else [classes]
     outputs = [helper.make_tensor_value_info("class_scores", output_type, out_shape)]
     if features_output:
-        outputs.insert(0, helper.make_tensor_value_info("means", TensorProto.FLOAT, ["N", 3]))
+        outputs.insert(0, helper.make_tensor_value_info("means", TensorProto.FLOAT, [batch, channels]))
     graph = helper.make_graph(
         nodes, "test_classifier", [helper.make_tensor_value_info("image", input_type, shape)], outputs, initializer=initializers
     )

@@ -26,6 +26,11 @@ def test_default_config_is_the_bundled_model_with_its_recipe(bundled):
     pre = bundled.model.preprocessing
     assert pre.input_size == (224, 224) and pre.resize.value == "center_crop" and pre.crop_fraction == 0.875
     assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+    assert bundled.info()["labels"] == {
+        "count": 1000,
+        "first": ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"],
+        "source": f"model sidecar {str(BUNDLED_MODEL.with_suffix('.json'))!r} key 'labels_path'",
+    }
 
 
 @pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])

@@ -155,19 +155,21 @@ def test_an_image_with_no_label_above_the_threshold_still_has_a_record(capsys):
     status, out, _ = run(capsys, "--threshold", 0.9, DATA / "rocket.jpg")
     assert status == 0 and out == "(no label passes the threshold)\n"
     status, out, _ = run(capsys, "--format", "csv", "--threshold", 0.9, DATA / "rocket.jpg")
-    assert out.splitlines()[1] == f"{DATA / 'rocket.jpg'},,,,"
+    assert status == 0 and out.splitlines() == ["path,rank,label,confidence,error", f"{DATA / 'rocket.jpg'},,,,"]
     status, out, _ = run(capsys, "--format", "json", "--threshold", 0.9, DATA / "rocket.jpg")
-    assert json.loads(out)["classifications"] == []
+    assert status == 0 and json.loads(out) == {"path": str(DATA / "rocket.jpg"), "classifications": []}
 
 
 def test_progress_goes_to_a_terminal_stderr_only_and_never_to_stdout(capsys, monkeypatch, photos):
+    expected = [str(photos / "coffee.png"), str(photos / "trip" / "rocket.jpg")]
     status, out, err = run(capsys, "--format", "json", photos)
+    assert status == 0 and [json.loads(line)["path"] for line in out.splitlines()] == expected
     assert "\r" not in err  # stderr is not a terminal here
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     status, out, err = run(capsys, "--format", "json", photos)
     assert status == 0
     assert "\r[" in err and "1/2 rocket.jpg" in err
-    assert "\r" not in out and all(json.loads(line) for line in out.splitlines())
+    assert "\r" not in out and [json.loads(line)["path"] for line in out.splitlines()] == expected
 
 
 # Configuration: the service's attributes, checked the same way
@@ -288,6 +290,7 @@ def test_info_prints_the_loaded_models_description(capsys, small_model):
     assert info["labels"]["count"] == 1000 and info["input"]["shape"][1:] == [3, 224, 224]
 
     status, out, _ = run(capsys, "--info", "--model", small_model)
+    assert status == 0
     info = json.loads(out)
     assert info["model_path"] == str(small_model)
     assert info["labels"] == {"count": 5, "first": SMALL_LABELS, "source": f"model sidecar {str(small_model.with_suffix('.json'))!r} key 'labels'"}

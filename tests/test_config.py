@@ -1,11 +1,15 @@
 """Every validation error: rejected before the service starts, naming the attribute and the value."""
 
+import logging
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_classifier import ConfigError
+from onnx_classifier.config import CropRounding, Region
 from onnx_classifier.classifier import validate_service_config
 from onnx_classifier.model import resolve_model
 from onnx_classifier.config import DESCRIPTION_KEYS
@@ -107,6 +111,9 @@ def test_cameras_are_declared_default_first_without_duplicates():
         ({"smoothing_window": 1e9}, ["'smoothing_window'", "[1, 1000]"]),
         ({"label_hold_frames": 2.5}, ["'label_hold_frames'", "integer", "2.5"]),
         ({"label_confidences": {"espresso": 1.5}}, ["'label_confidences' entry 'espresso'", "[0, 1]", "1.5"]),
+        ({"label_confidences": {"espresso": -0.1}}, ["'label_confidences' entry 'espresso'", "[0, 1]", "-0.1"]),
+        ({"label_confidences": {"espresso": "high"}}, ["'label_confidences' entry 'espresso'", "'high'"]),
+        ({"label_confidences": {"espresso": True}}, ["'label_confidences' entry 'espresso'", "True"]),
         ({"label_confidences": ["espresso"]}, ["'label_confidences'", "object keyed by name"]),
         ({"label_confidences": {"expresso": 0.5}}, ["'label_confidences'", "'expresso' is not a label", "did you mean 'espresso'"]),
         ({"allowed_labels": ["tabby", "egyptian cat"]}, ["'allowed_labels'", "'egyptian cat'", "'Egyptian cat'"]),
@@ -302,3 +309,154 @@ def test_validation_reads_the_graph_but_not_the_weights(tmp_path):
     assert numpy_helper.to_array(described["scale"]).tolist() == [0.5]
     assert len(structure.SerializeToString()) < 1000 < len(full.SerializeToString())
     validate({"model_path": path})
+
+
+def test_did_you_mean_offers_the_three_closest_names_or_lists_a_few_known_ones():
+    from onnx_classifier.config import did_you_mean
+
+    known = ["camera_a", "camera_b", "camera_c", "camera_d", "zebra"]
+    assert did_you_mean("camera_x", known, "cameras") == "; did you mean 'camera_d' or 'camera_c' or 'camera_b'?"  # ties: difflib's order
+    assert did_you_mean("camera_x", ["camera_a"], "cameras") == "; did you mean 'camera_a'?"
+    thirty = [f"label {i}" for i in range(30)]
+    assert did_you_mean("zzz", thirty, "labels") == "; known labels are: " + ", ".join(thirty)
+    assert did_you_mean("zzz", thirty + ["label 30"], "labels") == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [["a", 0, 1, 1], [False, 0.0, True, 1.0], [0, 0, float("inf"), 1], [0.0, 0.5, 1.0, 0.5], [0.0, 0.0, 1.0, 1.5], (0, 0, 1)],
+    ids=["string", "bools", "infinite", "empty-height", "past-the-bottom", "three-numbers"],
+)
+def test_a_bad_region_is_rejected_with_its_value(value):
+    from onnx_classifier.config import parse_region
+
+    with pytest.raises(ConfigError) as caught:
+        parse_region(value, "extra 'region'")
+    expected = "extra 'region' must be [x_min, y_min, x_max, y_max] with 0 <= x_min < x_max <= 1 and 0 <= y_min < y_max <= 1"
+    assert str(caught.value) in (f"{expected}, got {value!r}", f"{expected}, got {list(value)!r}")
+
+
+def test_regions_at_the_edges_are_accepted():
+    from onnx_classifier.config import Region, parse_region
+
+    assert parse_region([0, 0, 1, 1], "r") == Region(0.0, 0.0, 1.0, 1.0)
+    assert parse_region((0.25, 0.5, 0.75, 1), "r") == Region(0.25, 0.5, 0.75, 1.0)
+
+
+def test_a_label_that_is_nothing_like_any_lists_the_models_few_labels():
+    from onnx_classifier.config import LabelRules, check_label_names
+
+    with pytest.raises(ConfigError) as caught:
+        check_label_names(LabelRules(blocked_labels=("zzz",)), ("cat", "dog", "bird"))
+    assert str(caught.value) == "attribute 'blocked_labels': 'zzz' is not a label of this model; known labels are: cat, dog, bird"
+
+
+def test_a_sidecar_that_is_not_an_object_is_named(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    path.with_suffix(".json").write_text("[1, 2]")
+    message = rejects({"model_path": str(path)})
+    assert message == f"model sidecar {str(path.with_suffix('.json'))!r} must be a JSON object, got list"
+
+
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({"allowed_labels": []}, "attribute 'allowed_labels' must be a non-empty list of labels (leave it out to allow every label), got []"),
+        ({"providers": []}, "attribute 'providers' must be a non-empty list of onnxruntime execution provider names, got []"),
+        ({"strict_providers": "yes"}, "attribute 'strict_providers' must be true or false, got 'yes'"),
+        ({"label_confidences": ["x"]}, "attribute 'label_confidences' must be an object keyed by name, got ['x']"),
+        ({"label_confidences": {" ": 0.5}}, "attribute 'label_confidences' must be an object keyed by name, got {' ': 0.5}"),
+        ({"confidence_threshold": "high"}, "attribute 'confidence_threshold' must be a number, got 'high'"),
+        ({"mean": [0.5, 0.5]}, "attribute 'mean' must be a list of 1 or 3 numbers, got [0.5, 0.5]"),
+        ({"mean": ["a"]}, "attribute 'mean' must be a list of 1 or 3 numbers, got ['a']"),
+        ({"mean": [True]}, "attribute 'mean' must be a list of 1 or 3 numbers, got [True]"),
+        ({"std": [0.5, 0, 0.5]}, "attribute 'std' must be a list of 1 or 3 positive numbers, got [0.5, 0, 0.5]"),
+        ({"input_size": [224.5, 224]}, "attribute 'input_size' must be [height, width] in whole pixels, got [224.5, 224]"),
+        ({"num_threads": "2"}, "attribute 'num_threads' must be an integer >= 1, got '2'"),
+        ({"num_threads": True}, "attribute 'num_threads' must be an integer >= 1, got True"),
+        ({"smoothing_window": 1001}, "attribute 'smoothing_window' must be an integer in [1, 1000], got 1001"),
+        ({"camera_name": 3.0}, "attribute 'camera_name' must be a non-empty string, got 3.0"),
+        ({"camera_names": "cam"}, "attribute 'camera_names' must be a list of non-empty strings, got 'cam'"),
+        (
+            {"regions_by_camera": {"door": [0, 0, 1, 1]}},
+            "attribute 'regions_by_camera' names camera 'door', which is not in 'camera_name' or 'camera_names' (configured: none)",
+        ),
+        (
+            {"camera_names": ["a", "b"], "regions_by_camera": {"door": [0, 0, 1, 1]}},
+            "attribute 'regions_by_camera' names camera 'door', which is not in 'camera_name' or 'camera_names' (configured: 'a', 'b')",
+        ),
+    ],
+)
+def test_messages_name_the_attribute_what_it_must_be_and_the_value(attributes, message):
+    assert rejects(attributes) == message
+
+
+def test_values_at_the_bounds_are_accepted():
+    config = validate(
+        {
+            "num_threads": 1,
+            "smoothing_window": 1000,
+            "label_hold_frames": 1,
+            "label_confidences": {"espresso": 0, "cup": 1},
+            "mean": [-0.5],
+            "crop_fraction": 1,
+            "confidence_threshold": 1,
+            "crop_rounding": "FLOOR",
+        }
+    )
+    assert config.classifier.source.num_threads == 1 and config.smoothing_window == 1000 and config.label_hold_frames == 1
+    assert config.labels.label_confidences == (("espresso", 0.0), ("cup", 1.0))
+    pre = config.classifier.preprocessing
+    assert pre.mean == (-0.5,) and pre.crop_fraction == 1.0 and pre.crop_rounding is CropRounding.FLOOR
+    assert config.confidence_threshold == 1.0
+
+
+def test_provider_messages_and_a_single_warning_for_a_missing_one(caplog):
+    from onnx_classifier import onnx_runtime
+
+    unknown = rejects({"providers": ["Nope"]})
+    assert unknown == (
+        "attribute 'providers': 'Nope' is not an onnxruntime execution provider; known providers are: "
+        + ", ".join(ort.get_all_providers())
+    )
+    missing = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p not in ort.get_available_providers()]
+    if len(missing) < 2:
+        pytest.skip("this onnxruntime has a GPU provider")
+    assert rejects({"providers": missing, "strict_providers": True}) == (
+        f"attribute 'providers': {', '.join(map(repr, missing))} not available in the installed onnxruntime "
+        f"{ort.__version__} (available: {', '.join(ort.get_available_providers())}); install the onnxruntime package "
+        "built with it, or set 'strict_providers' to false to fall back"
+    )
+    onnx_runtime._warned_unavailable.discard(missing[0])
+    caplog.set_level(logging.WARNING, logger="onnx_classifier.onnx_runtime")
+    for _ in range(2):
+        config = validate({"providers": [missing[0], "CPUExecutionProvider"]})
+        assert onnx_runtime.resolve_providers(config.classifier.source) == ("CPUExecutionProvider",)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "onnx_classifier.onnx_runtime"]
+    assert warnings == [
+        f"execution provider {missing[0]} is not available in onnxruntime {ort.__version__} "
+        f"(available: {', '.join(ort.get_available_providers())}); falling back"
+    ]
+
+
+def test_camera_settings_and_their_defaults():
+    defaults = validate({})
+    assert (defaults.camera_timeout_s, defaults.smoothing_window, defaults.label_hold_frames) == (5.0, 1, 1)
+    config = validate({"camera_timeout_s": 2, "smoothing_window": 4, "label_hold_frames": 3})
+    assert (config.camera_timeout_s, config.smoothing_window, config.label_hold_frames) == (2.0, 4, 3)
+
+
+def test_an_unknown_sidecar_key_with_no_close_name_lists_the_known_ones(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    path.with_suffix(".json").write_text('{"zzz": 1}')
+    assert validate_service_config({"model_path": str(path)})[1] == (
+        f"model sidecar {str(path.with_suffix('.json'))!r} key 'zzz' is not recognized; known keys are: labels_path, labels, "
+        "head, input_size, resize, crop_fraction, crop_rounding, mean, std, channel_order, interpolation",
+    )
+
+
+def test_regions_by_camera_over_the_services_region():
+    config = validate({"camera_names": ["a", "b"], "region": [0, 0, 0.5, 1], "regions_by_camera": {"b": [0.5, 0, 1, 1]}})
+    assert config.region_for("a") == Region(0.0, 0.0, 0.5, 1.0) and config.region_for(None) == Region(0.0, 0.0, 0.5, 1.0)
+    assert config.region_for("b") == Region(0.5, 0.0, 1.0, 1.0)
+    assert validate({"camera_names": ["a"]}).region_for("a") is None

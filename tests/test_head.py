@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from onnx_classifier.head import top_k
+from onnx_classifier.config import Head
+from onnx_classifier.head import confidences, is_distribution, sigmoid, top_k
 
 LABELS = tuple(f"class {i}" for i in range(1000))
 
@@ -62,3 +63,27 @@ def test_auto_head_follows_the_graph_where_it_was_read_and_the_values_where_noth
     assert auto_head(np.array([3.2]), None, True) is Head.SIGMOID  # one class's logit: sigmoid, not a constant 1
     assert auto_head(np.array([-1.5]), None, False) is Head.SIGMOID
     assert auto_head(np.array([0.3]), None, False) is Head.NONE
+
+
+def test_non_finite_scores_become_the_extremes_and_confidences_stay_in_the_unit_interval():
+    raw = np.array([np.nan, np.inf, -np.inf, 2.5, -0.5, 0.25], np.float32)
+    np.testing.assert_array_equal(confidences(raw, Head.NONE, None, None, True), [0.0, 1.0, 0.0, 1.0, 0.0, 0.25])
+    with np.errstate(over="ignore"):  # the largest float less the most negative one
+        np.testing.assert_array_equal(confidences(raw, Head.SOFTMAX, None, None, True), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(confidences(raw, Head.SIGMOID, None, None, True), [0.5, 1.0, 0.0, sigmoid(np.array([2.5]))[0], sigmoid(np.array([-0.5]))[0], sigmoid(np.array([0.25]))[0]])
+
+
+def test_a_score_at_its_minimum_passes_and_a_count_of_zero_returns_nothing():
+    scores = np.array([0.5, 0.2, 0.3])
+    labels = ("a", "b", "c")
+    assert top_k(scores, labels, 3, 0.3) == [("a", 0.5), ("c", 0.3)]
+    assert top_k(scores, labels, 0, first=1) == [] and top_k(scores, labels, -2, first=1) == []
+    assert top_k(scores, labels, 1, first=1) == [("b", 0.2)]
+
+
+def test_is_distribution():
+    assert is_distribution(np.array([0.25, 0.75])) and is_distribution(np.array([1.0, 0.0]))
+    assert is_distribution(np.array([0.5, 0.5009])) and not is_distribution(np.array([0.5, 0.5011]))
+    assert not is_distribution(np.array([-0.25, 1.25])) and not is_distribution(np.array([1.5, -0.5]))
+    assert not is_distribution(np.zeros(3))
+    assert not is_distribution(np.array([1.0005, 0.0]))  # within the sum's tolerance, but above 1

@@ -175,7 +175,8 @@ async def test_reconfigure_and_concurrent_requests():
         vision = module.vision()
         image = ViamImage(photo("chelsea.png"), CameraMimeType.PNG)
         results = await asyncio.gather(*(vision.get_classifications(image, 1) for _ in range(8)))
-        assert len({r[0].class_name for r in results}) == 1
+        assert [[c.class_name for c in r] for r in results] == [["Egyptian cat"]] * 8
+        assert len({r[0].confidence for r in results}) == 1
         await module.stub.ReconfigureResource(
             ReconfigureResourceRequest(
                 config=service_config("classifier", {"camera_name": "cam", "confidence_threshold": 0.5}),

@@ -17,14 +17,25 @@ from .conftest import DATA, photo
 from .harness import PROJECT_ROOT, StillCamera, camera_dependency, running_module
 
 REQUIRED = {"run.sh", "meta.json", "pyproject.toml", "src/onnx_classifier/service.py", "models/efficientnet_lite0.onnx"}
+# The package tests install into fresh environments (minutes on a small machine): their own timeout.
+INSTALLS_TIMEOUT_S = 1800
+
+
+def checkout_outputs() -> dict[str, int]:
+    """What build.sh would write into the checkout, with each file's modification time."""
+    paths = [*PROJECT_ROOT.glob("module*.tar.gz"), *(PROJECT_ROOT / "build").rglob("*")]
+    return {str(p): p.stat().st_mtime_ns for p in paths}
 
 
 @pytest.fixture(scope="module")
-def unpacked():
-    subprocess.run(["./build.sh"], cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=120)
+def unpacked(tmp_path_factory):
+    built = tmp_path_factory.mktemp("built")
+    in_checkout = checkout_outputs()
+    subprocess.run(["./build.sh", "--out", str(built)], cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=120)
+    assert checkout_outputs() == in_checkout
     with tempfile.TemporaryDirectory(prefix="oc-pkg-") as tmp:
         folder = Path(tmp)
-        with tarfile.open(PROJECT_ROOT / "module.tar.gz") as tar:
+        with tarfile.open(built / "module.tar.gz") as tar:
             names = set(tar.getnames())
             # The "data" filter exists from Python 3.10.12 and 3.11.4 on.
             tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
@@ -33,6 +44,7 @@ def unpacked():
         yield folder
 
 
+@pytest.mark.timeout(INSTALLS_TIMEOUT_S)
 def test_two_first_starts_race_safely_then_the_module_serves(unpacked):
     # Both starts find no environment; one builds it while the other waits for the lock.
     starts = [
@@ -93,27 +105,32 @@ def this_target() -> tuple[str, str]:
     return f"{platform.system().lower()}/{arch}", f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+@pytest.mark.timeout(INSTALLS_TIMEOUT_S)
 def test_an_offline_bundle_installs_and_serves_with_no_index(tmp_path):
     # The wheels come from the package index (pip's cache makes a rebuild quick).
+    built, unpacked = tmp_path / "built", tmp_path / "module"
+    in_checkout = checkout_outputs()
     build = subprocess.run(
-        ["./build.sh", "--wheels"], cwd=PROJECT_ROOT, env={**os.environ, "PYTHON": sys.executable},
+        ["./build.sh", "--wheels", "--out", str(built)], cwd=PROJECT_ROOT, env={**os.environ, "PYTHON": sys.executable},
         capture_output=True, text=True, timeout=600,
     )
     assert build.returncode == 0, build.stderr
     target_platform, target_python = this_target()
-    bundle = PROJECT_ROOT / f"module-{target_platform.replace('/', '-')}-py{target_python}.tar.gz"
-    assert f"built {bundle.name}" in build.stdout
+    bundle = built / f"module-{target_platform.replace('/', '-')}-py{target_python}.tar.gz"
+    assert f"built {bundle}" in build.stdout
+    assert (built / "build" / bundle.name.removesuffix(".tar.gz") / "wheels" / "manifest.txt").is_file()
+    assert checkout_outputs() == in_checkout
     with tarfile.open(bundle) as tar:
         names = set(tar.getnames())
-        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        tar.extractall(unpacked, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     assert REQUIRED | {"wheels/manifest.txt"} <= names
     assert any(n.startswith("wheels/onnxruntime-") and n.endswith(".whl") for n in names)
-    manifest = (tmp_path / "wheels" / "manifest.txt").read_text().splitlines()
+    manifest = (unpacked / "wheels" / "manifest.txt").read_text().splitlines()
     assert manifest[:2] == [f"platform={target_platform}", f"python={target_python}"]
 
     # The first start installs from the wheelhouse while viam-server waits for the socket.
     async def serve():
-        command = [str(tmp_path / "run.sh")]
+        command = [str(unpacked / "run.sh")]
         async with running_module([StillCamera("cam", photo("rocket.jpg"))], command, OFFLINE, 600) as module:
             await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
             assert (await module.vision().get_classifications_from_camera("cam", 1))[0].class_name == "missile"
@@ -121,7 +138,7 @@ def test_an_offline_bundle_installs_and_serves_with_no_index(tmp_path):
 
     asyncio.run(serve())
     again = subprocess.run(
-        [str(tmp_path / "run.sh"), "classify", "-n", "1", str(DATA / "coffee.png")],
+        [str(unpacked / "run.sh"), "classify", "-n", "1", str(DATA / "coffee.png")],
         env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=120,
     )
     assert again.returncode == 0 and again.stdout.startswith("espresso: "), again.stderr
@@ -152,10 +169,13 @@ def test_run_sh_refuses_a_wheelhouse_for_another_target(tmp_path):
     assert not (module / ".venv.lock").exists()
 
 
-def test_build_sh_rejects_an_unknown_target():
+def test_build_sh_rejects_an_unknown_target(tmp_path):
     for args in (["--platform", "windows/amd64"], ["--python", "3.9"]):
-        result = subprocess.run(["./build.sh", "--wheels", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["./build.sh", "--wheels", "--out", str(tmp_path), *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30
+        )
         assert result.returncode == 2 and "unsupported" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def run_sh_with_fake_python(folder: Path, python_script: str) -> subprocess.CompletedProcess:

@@ -121,3 +121,29 @@ def test_the_fast_path_crops_a_jpeg_region_before_resizing():
     assert [p.label for p in in_region] == [p.label for p in reference]
     np.testing.assert_allclose([p.confidence for p in in_region], [p.confidence for p in reference], atol=0.03)
     fast.close()
+
+
+@pytest.mark.parametrize(
+    "window, firsts, bound",
+    [
+        (3, [1.0, 0.9, 0.3, 0.3, 0.1, 0.1, 0.0, 0.0, 0.0], 0.0),  # unclipped, the last average is about -1e-17
+        (3, [0.3, 1.0, 0.9, 0.9, 0.3, 1.0, 1.0, 1.0], 1.0),  # unclipped, 1.0000000000000002
+    ],
+    ids=["below-0", "above-1"],
+)
+def test_averages_stay_in_the_unit_interval_despite_the_running_sums_rounding(window, firsts, bound):
+    steps = run(CameraSmoother(window, 1), [[f, 1.0 - f, 0.0] for f in firsts])
+    assert all(0.0 <= averaged.min() and averaged.max() <= 1.0 for averaged, _ in steps)
+    assert steps[-1][0][0] == bound
+
+
+def test_the_label_filter_puts_the_held_label_first():
+    label_filter = LabelFilter(LabelRules(), LABELS)
+    scores = np.array([0.2, 0.7, 0.1])
+    assert label_filter.select(scores, 2, first=0) == [("cat", 0.2), ("dog", 0.7)]
+    assert label_filter.select(scores, 2) == [("dog", 0.7), ("cat", 0.2)]
+
+
+def test_a_region_thinner_than_a_pixel_still_has_one():
+    assert Region(0.5, 0.5, 0.501, 0.501).pixels(10, 10) == (5, 5, 6, 6)
+    assert Region(0.0, 0.0, 0.04, 0.04).pixels(10, 20) == (0, 0, 1, 1)

@@ -1,18 +1,30 @@
 """The Viam adapter in-process: what viam-server's close-then-new reconfigure costs, and what close releases."""
 
 import gc
+import logging
+import os
+import struct
+import threading
+import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+from grpclib import Status
+from PIL import Image
+from viam.errors import ViamGRPCError
+from viam.media.video import CameraMimeType, ViamImage
 from viam.proto.app.robot import ComponentConfig
 from viam.utils import dict_to_struct
 
+from onnx_classifier import classifier as classifier_module
 from onnx_classifier.classifier import SharedClassifiers
-from onnx_classifier.config import parse_service_config
+from onnx_classifier.config import Head, parse_service_config
 from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
 
 from . import onnx_models
-from .conftest import solid
+from .conftest import encode, solid
 from .harness import MODEL
 
 
@@ -61,7 +73,7 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     del a, b
     onnx_models.build(path, final="Softmax")  # the file changes on disk: a fresh load
     c = shared.acquire(cfg)
-    assert c is not held_by_a_call and c.model.spec.final_activation is not None
+    assert c is not held_by_a_call and c.model.spec.final_activation is Head.SOFTMAX
     assert held_by_a_call.classify(solid((10, 20, 30)), 1)  # the call finishes on the replaced model
     del held_by_a_call
     assert replaced() is None  # and then it is freed
@@ -69,6 +81,36 @@ def test_shared_classifiers_count_users_and_notice_a_changed_file(tmp_path):
     path.with_suffix(".json").write_text('{"labels": ["a", "b", "c", "d", "e"]}')  # so does a new sidecar
     d = shared.acquire(cfg)
     assert d is not c and d.labels == ("a", "b", "c", "d", "e")
+
+
+def frame(kind: str, width: int, height: int) -> bytes:
+    image = Image.new("RGB", (width, height), (200, 40, 90))
+    if kind == "rgba":
+        return b"RGBA" + struct.pack(">II", width, height) + image.convert("RGBA").tobytes()
+    return encode(image, kind.upper())
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "rgba"])
+async def test_a_configured_max_image_pixels_is_the_limit(tmp_path, kind):
+    """A frame of exactly max_image_pixels is classified; one pixel row more is refused from its
+    header, with the numbers, in every format."""
+    width, height = 64, 48
+    limit = width * height
+    model = onnx_models.build(tmp_path / "m.onnx")
+    service = OnnxClassifier.new(config({"model_path": str(model), "max_image_pixels": limit}), {})
+    expected = str(int(np.argmax(onnx_models.scores_for(np.array([200, 40, 90]) / 255.0))))
+    try:
+        at_limit = await service.get_classifications(ViamImage(frame(kind, width, height), CameraMimeType.JPEG), 1)
+        assert [c.class_name for c in at_limit] == [expected]
+        with pytest.raises(ViamGRPCError) as caught:
+            await service.get_classifications(ViamImage(frame(kind, width, height + 1), CameraMimeType.JPEG), 1)
+        assert caught.value.grpc_code is Status.INVALID_ARGUMENT
+        name = "image/vnd.viam.rgba" if kind == "rgba" else kind.upper()
+        assert caught.value.message == (
+            f"image: the {name} image is {width}x{height + 1} = {limit + width} pixels, more than max_image_pixels ({limit})"
+        )
+    finally:
+        await service.close()
 
 
 def test_missing_camera_dependency_is_a_clear_error():
@@ -99,3 +141,88 @@ def test_hyperframe_repr_patch_gives_the_same_text():
         assert hyperframe.frame._raw_data_repr(data) == original(data)
     frame = hyperframe.frame.DataFrame(1, data=os.urandom(16384))
     assert repr(frame).endswith("...>")
+
+
+def test_shared_classifiers_keep_one_in_use_until_its_last_user_releases_it(tmp_path):
+    shared = SharedClassifiers()
+    first = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "a.onnx"))}).classifier
+    second = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "b.onnx", final="Softmax"))}).classifier
+    a = shared.acquire(first)
+    assert shared.acquire(first) is a
+    shared.release(a)  # one user left
+    b = shared.acquire(second)
+    assert shared.loaded() == [a, b]  # a was in use, not idle, so loading b did not drop it
+    shared.release(a)
+    shared.release(b)
+    assert shared.loaded() == [b]  # the most recently released one stays idle; a is dropped
+    assert shared.acquire(second) is b  # from idle...
+    c = shared.acquire(first)  # ...and then another, with nothing idle
+    assert c is not a and shared.loaded() == [b, c]
+    shared.release(object())  # not one of its own: nothing changes
+    assert shared.loaded() == [b, c]
+
+
+def test_an_edited_labels_file_is_a_different_model(tmp_path):
+    shared = SharedClassifiers()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\ne\n")
+    cfg = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "m.onnx")), "labels_path": str(labels)}).classifier
+    first = shared.acquire(cfg)
+    shared.release(first)
+    labels.write_text("v\nw\nx\ny\nz\n")
+    stat = labels.stat()  # a same-second rewrite still counts: move the stamp on
+    os.utime(labels, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    second = shared.acquire(cfg)
+    assert second is not first and second.labels == ("v", "w", "x", "y", "z")
+
+
+def test_a_load_is_logged_with_its_path_and_duration(tmp_path, caplog):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    cfg = parse_service_config({"model_path": str(path)}).classifier
+    caplog.set_level(logging.INFO, logger="onnx_classifier.classifier")
+    started = time.perf_counter()
+    SharedClassifiers().acquire(cfg)
+    elapsed = time.perf_counter() - started
+    (record,) = [r for r in caplog.records if r.name == "onnx_classifier.classifier"]
+    words = record.getMessage().split()
+    assert words[:4] == ["loaded", "model_path", repr(str(path)), "in"] and words[-1] == "s"
+    assert 0.0 <= float(words[4]) <= elapsed + 0.01  # the load's own duration, rounded to 0.01 s
+
+
+def test_two_threads_loading_one_model_at_once_share_one_and_count_both_users(tmp_path, monkeypatch):
+    """Both threads load the model (neither is done when the other starts); the second to finish
+    uses the first's, and both count as its users."""
+    both_loading = threading.Barrier(2)
+
+    class LoadedTogether(classifier_module.Classifier):
+        def __init__(self, *args):
+            super().__init__(*args)
+            both_loading.wait(timeout=60)
+
+    monkeypatch.setattr(classifier_module, "Classifier", LoadedTogether)
+    shared = SharedClassifiers()
+    cfg = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "a.onnx"))}).classifier
+    other = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "b.onnx", final="Softmax"))}).classifier
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: shared.acquire(cfg), range(2))
+    assert a is b
+    monkeypatch.undo()
+    shared.release(a)
+    o = shared.acquire(other)
+    assert shared.loaded() == [a, o]  # one user left: still in use
+    shared.release(b)
+    assert shared.loaded() == [o, a]  # idle now
+    shared.release(o)
+    assert shared.loaded() == [o]
+
+
+def test_three_users_release_one_at_a_time(tmp_path):
+    shared = SharedClassifiers()
+    cfg = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "a.onnx"))}).classifier
+    other = parse_service_config({"model_path": str(onnx_models.build(tmp_path / "b.onnx", final="Softmax"))}).classifier
+    a = shared.acquire(cfg)
+    assert shared.acquire(cfg) is a and shared.acquire(cfg) is a
+    shared.release(a)
+    shared.release(a)
+    o = shared.acquire(other)
+    assert shared.loaded() == [a, o]  # the third user still holds it

@@ -45,6 +45,15 @@ _RESAMPLE = {
 }
 # Modes Pillow resizes directly; anything else (palette, CMYK, 16-bit) is converted first.
 _RESIZABLE_MODES = {"RGB", "RGBA", "RGBX", "L", "LA"}
+# 16-bit greyscale (a 16-bit PNG) spans 0..65535, and Pillow's conversion to 8 bits clips it to 255
+# instead of scaling it: a mid-grey frame would reach the model white.
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
+    return image.convert(mode) if image.mode != mode else image
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,7 @@ class Preprocessor:
         load(image)
         decoded = time.perf_counter()
         if image.mode not in _RESIZABLE_MODES:
-            image = image.convert(self.mode)
+            image = _convert(image, self.mode)
         fx, fy = image.width / width, image.height / height
         left, top, right, bottom = place.box
         source = ((x0 + left) * fx, (y0 + top) * fy, (x0 + right) * fx, (y0 + bottom) * fy)
@@ -138,8 +147,9 @@ class Preprocessor:
 
     def _resize(self, image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
         """Pillow resizes on one core. The top and bottom halves of the output, resized from the top
-        and bottom halves of the box, are exactly the same pixels (the filter still reads past the
-        half-box edge), so a large region is resized as two halves on two cores."""
+        and bottom halves of the box, are the same pixels (the filter still reads past the half-box
+        edge), or within one level of 255 where Pillow's filter positions for a half round apart
+        from the whole's (1080x1920 frames), so a large region is resized as two halves on two cores."""
         width, height = size
         left, top, right, bottom = box
         if _HALF_RESIZER is None or height < 2 or (right - left) * (bottom - top) < _SPLIT_MIN_RATIO * width * height:
@@ -156,7 +166,7 @@ class Preprocessor:
     def exact_pixels(self, image: Image.Image, box: Optional[tuple[int, int, int, int]] = None) -> tuple[Image.Image, float]:
         load(image)
         decoded = time.perf_counter()
-        image = image.convert(self.mode) if image.mode != self.mode else image
+        image = _convert(image, self.mode)
         if box is not None:
             image = image.crop(box)
         place = self.placement(*image.size)
