@@ -249,7 +249,7 @@ def test_info_describes_what_is_loaded_and_how_it_runs(model_dir):
             "max_image_pixels": 1234,
         },
         "providers": {"requested": ["CPUExecutionProvider"], "in_use": ["CPUExecutionProvider"]},
-        "threads": {"intra_op": 1, "intra_op_while_other_frames_run": 1, "single_thread_runs": 0, "inter_op": 1, "spinning": False},
+        "threads": {"intra_op": 1, "inter_op": 1, "spinning": False},
         "onnxruntime_version": ort.__version__,
     }
     classifier.close()
@@ -271,13 +271,7 @@ def test_info_defaults_and_the_threads_available(model_dir):
         "exact_preprocessing": False,
         "max_image_pixels": 50_000_000,
     }
-    assert info["threads"] == {
-        "intra_op": available_cores(),
-        "intra_op_while_other_frames_run": 1,
-        "single_thread_runs": 0,
-        "inter_op": 1,
-        "spinning": False,
-    }
+    assert info["threads"] == {"intra_op": available_cores(), "inter_op": 1, "spinning": False}
 
 
 @pytest.mark.parametrize(

@@ -47,9 +47,8 @@ class Backend(Protocol):
     def describe(self) -> str:
         """The model's source in words, for messages ("model_path '/m.onnx'", "ML model service 'm'")."""
 
-    async def forward(self, tensor: np.ndarray, timeout: Optional[float], contended: bool) -> np.ndarray:
-        """The raw output for one input tensor; `timeout` is the seconds left to the caller, `contended`
-        says that other frames are being classified meanwhile (an in-process backend then uses fewer threads)."""
+    async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
+        """The raw output for one input tensor; `timeout` is the seconds left to the caller."""
 
     def info(self) -> dict[str, Any]:
         """What runs the model and how, as plain JSON-able values (`backend`, `input`, `output`...)."""
@@ -125,7 +124,6 @@ class Classifier:
                 f"classes (output {model.spec.output_name!r})"
             )
         self.labels: tuple[str, ...] = model.labels or tuple(str(i) for i in range(size))
-        self.in_flight = 0  # frames in `score` now (counted on the event loop)
         spec = model.spec
         blank = confidences(blank_output, Head.NONE, None, spec.output_quantization, spec.graph_read)
         self._blank_head = auto_head(blank, spec.final_activation, spec.graph_read)
@@ -150,7 +148,7 @@ class Classifier:
     async def forward(self, tensor: np.ndarray, timeout: Optional[float], timings: Optional[dict[str, float]] = None) -> np.ndarray:
         """The backend's raw output for one input tensor."""
         started = time.perf_counter()
-        raw = await self.backend.forward(tensor, timeout, self.in_flight > 1)
+        raw = await self.backend.forward(tensor, timeout)
         if timings is not None:
             timings["inference"] = time.perf_counter() - started
         return raw
@@ -171,12 +169,8 @@ class Classifier:
 
     async def score(self, data: bytes, region: Optional[Region], timeout: Optional[float], timings: dict[str, float]) -> np.ndarray:
         """All three stages for one encoded image, preprocessing on a worker thread."""
-        self.in_flight += 1
-        try:
-            tensor = await asyncio.get_running_loop().run_in_executor(WORKERS, self.preprocess, data, region, timings)
-            return self.postprocess(await self.forward(tensor, timeout, timings), timings)
-        finally:
-            self.in_flight -= 1
+        tensor = await asyncio.get_running_loop().run_in_executor(WORKERS, self.preprocess, data, region, timings)
+        return self.postprocess(await self.forward(tensor, timeout, timings), timings)
 
     # In-process, synchronous use (the command line, the benchmark): the ONNX file backend only.
 

@@ -125,8 +125,7 @@ class MLModelBackend:
     def describe(self) -> str:
         return f"ML model service {self.service.name!r}"
 
-    async def forward(self, tensor: np.ndarray, timeout: Optional[float], contended: bool) -> np.ndarray:
-        # `contended` is not passed on: the service schedules its own runs.
+    async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
         limit = self.service.timeout_s if timeout is None else min(timeout, self.service.timeout_s)
         try:
             outputs = await asyncio.wait_for(self._infer(tensor, limit), limit)
@@ -205,4 +204,4 @@ async def load_classifier(config: ClassifierConfig, client: MLModel) -> Classifi
     )
     model = resolve(config, spec, MLMODEL_PREPROCESSING)
     backend = MLModelBackend(service, client, metadata, spec)
-    return Classifier(config, model, backend, await backend.forward(blank_input(model), service.timeout_s, False))
+    return Classifier(config, model, backend, await backend.forward(blank_input(model), service.timeout_s))

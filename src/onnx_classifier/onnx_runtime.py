@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from typing import Any, Optional
 
 import numpy as np
@@ -61,55 +60,33 @@ def session_options(num_threads: Optional[int]) -> ort.SessionOptions:
 
 
 class OnnxRuntime:
-    """Runs an ONNX file's model on the shared worker threads; `run` is safe to call from several threads.
-
-    A run alone uses every core (`num_threads`): the lowest latency for one camera. While other
-    frames are being classified, a run uses one thread instead: splitting a run over threads costs
-    CPU (about 40% more for the bundled model on 2 cores), which several streams pay for in calls per
-    second while the cores are busy anyway. That second session is made the first time it is needed.
-    """
+    """Runs an ONNX file's model on the shared worker threads; `run` is safe to call from several threads."""
 
     def __init__(self, source: OnnxFile, spec: ModelSpec):
         self.source = source
         self.spec = spec
         self.options = session_options(source.num_threads)
-        self._providers = list(resolve_providers(source))
-        self._session: Optional[ort.InferenceSession] = self._new_session(self.options)
-        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
-        self._single_thread: Optional[ort.InferenceSession] = None
-        self._single_thread_lock = threading.Lock()
-        self.single_thread_runs = 0
-        self._sha256: Optional[str] = None
-
-    def _new_session(self, options: ort.SessionOptions) -> ort.InferenceSession:
+        providers = list(resolve_providers(source))
         try:
-            return ort.InferenceSession(str(self.source.path), options, providers=self._providers)
+            self._session: Optional[ort.InferenceSession] = ort.InferenceSession(str(source.path), self.options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ConfigError(f"model_path {str(self.source.path)!r} cannot be loaded by onnxruntime: {e}") from e
+            raise ConfigError(f"model_path {str(source.path)!r} cannot be loaded by onnxruntime: {e}") from e
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        self._sha256: Optional[str] = None
 
     def describe(self) -> str:
         return f"model_path {str(self.source.path)!r}"
 
-    def run(self, tensor: np.ndarray, contended: bool = False) -> np.ndarray:
+    def run(self, tensor: np.ndarray) -> np.ndarray:
         session = self._session
         if session is None:
             raise RuntimeError("the classifier is closed")
-        if contended and self.options.intra_op_num_threads > 1:
-            session = self._single_thread_session()
-            self.single_thread_runs += 1
         (raw,) = session.run([self.spec.output_name], {self.spec.input_name: tensor})
         return raw
 
-    def _single_thread_session(self) -> ort.InferenceSession:
-        with self._single_thread_lock:
-            if self._single_thread is None:
-                self._single_thread = self._new_session(session_options(1))
-                LOGGER.info("%s: a single-thread session for runs while other frames are classified", self.describe())
-            return self._single_thread
-
-    async def forward(self, tensor: np.ndarray, timeout: Optional[float], contended: bool) -> np.ndarray:
+    async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
         # A run cannot be interrupted, and takes milliseconds: the deadline is not applied to it.
-        return await asyncio.get_running_loop().run_in_executor(WORKERS, self.run, tensor, contended)
+        return await asyncio.get_running_loop().run_in_executor(WORKERS, self.run, tensor)
 
     def model_sha256(self) -> str:
         if self._sha256 is None:
@@ -140,8 +117,6 @@ class OnnxRuntime:
             "providers": {"requested": list(self.source.providers), "in_use": list(self.providers)},
             "threads": {
                 "intra_op": self.options.intra_op_num_threads,
-                "intra_op_while_other_frames_run": 1,
-                "single_thread_runs": self.single_thread_runs,
                 "inter_op": self.options.inter_op_num_threads,
                 "spinning": False,
             },
@@ -149,4 +124,4 @@ class OnnxRuntime:
         }
 
     def close(self) -> None:
-        self._session = self._single_thread = None
+        self._session = None
