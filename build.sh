@@ -14,6 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PYTHON="${PYTHON:-python3}"
 CONTENTS=(run.sh meta.json pyproject.toml README.md src models)
+# What only remaking the int8 model needs stays in the repository: its calibration photos.
+EXCLUDES=(--exclude='__pycache__' --exclude='*.egg-info' --exclude='models/calibration')
 
 usage() {
     echo "usage: $0 [--out DIR] [--wheels [--platform linux/amd64|linux/arm64|darwin/arm64] [--python 3.X]]" >&2
@@ -34,7 +36,7 @@ done
 if ! $wheels; then
     [ -z "$target_platform$target_python" ] || { echo "--platform and --python need --wheels" >&2; usage; }
     rm -f "$out/module.tar.gz"
-    tar -czf "$out/module.tar.gz" --exclude='__pycache__' --exclude='*.egg-info' "${CONTENTS[@]}"
+    tar -czf "$out/module.tar.gz" "${EXCLUDES[@]}" "${CONTENTS[@]}"
     echo "built $out/module.tar.gz ($(du -h "$out/module.tar.gz" | cut -f1))"
     exit 0
 fi
@@ -94,5 +96,5 @@ echo "downloading wheels for $target_platform, Python $target_python"
     echo "python=$target_python"
     for wheel in "$stage"/wheels/*.whl; do echo "wheel=${wheel##*/}"; done
 } >"$stage/wheels/manifest.txt"
-tar -czf "$out/$name.tar.gz" --exclude='__pycache__' --exclude='*.egg-info' "${CONTENTS[@]}" -C "$stage" wheels
+tar -czf "$out/$name.tar.gz" "${EXCLUDES[@]}" "${CONTENTS[@]}" -C "$stage" wheels
 echo "built $out/$name.tar.gz ($(du -h "$out/$name.tar.gz" | cut -f1))"

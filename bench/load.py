@@ -9,13 +9,16 @@ frames at camera sizes), odd-numbered ones ask for the camera's frame (a 1280x72
 back, top-5 each, for --seconds. Loopback only. Reports the calls, the errors by gRPC status,
 latency p50/p99 (overall and per kind), and the module's resident memory at one third of the run
 and at its end. Passes (exit 0) with zero errors and at most 20 MiB of growth between the two.
+Then, with calls in flight again, the seconds from SIGTERM to the module's exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import struct
 import sys
 import time
@@ -80,6 +83,7 @@ class LoadResult:
     messages: dict[str, str] = field(default_factory=dict)  # the first message of each kind of error
     latencies: dict[str, list[float]] = field(default_factory=lambda: {"image": [], "camera": []})
     rss_mib: dict[str, float] = field(default_factory=dict)
+    sigterm_exit_s: Optional[float] = None
 
     def percentiles(self, kind: Optional[str] = None) -> dict[str, float]:
         values = self.latencies[kind] if kind else self.latencies["image"] + self.latencies["camera"]
@@ -103,6 +107,7 @@ class LoadResult:
             "latency": {"all": self.percentiles(), "image": self.percentiles("image"), "camera": self.percentiles("camera")},
             "rss_mib": dict(self.rss_mib),
             "rss_growth_mib": self.growth_mib,
+            "sigterm_exit_s": self.sigterm_exit_s,
         }
 
 
@@ -162,7 +167,23 @@ async def run(seconds: float, clients: int) -> LoadResult:
             await vision.get_classifications(image, COUNT)
         await vision.get_classifications_from_camera(CAMERA, COUNT)
         result = await drive(module.socket_path, module.process.pid, seconds, clients, images)
+        result.sigterm_exit_s = await sigterm_exit_s(module.socket_path, module.process, clients, images)
     return result
+
+
+async def sigterm_exit_s(socket_path: Path, process, clients: int, images: list[ViamImage]) -> float:
+    """Seconds from SIGTERM to the module's exit, sent while `clients` callers have calls in flight."""
+    load = asyncio.create_task(drive(socket_path, process.pid, 60, clients, images))
+    await asyncio.sleep(1.0)
+    started = time.perf_counter()
+    process.send_signal(signal.SIGTERM)
+    while process.poll() is None:
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    load.cancel()
+    with contextlib.suppress(BaseException):  # its calls fail as the module goes; only the exit is measured here
+        await load
+    return elapsed
 
 
 def report(summary: dict) -> str:
@@ -179,6 +200,7 @@ def report(summary: dict) -> str:
         f"  module RSS {rss['first_third']:.1f} MiB at one third, {rss['end']:.1f} MiB at the end: "
         f"growth {summary['rss_growth_mib']:+.1f} MiB (limit {MAX_GROWTH_MIB:.0f})"
     )
+    lines.append(f"  SIGTERM with {summary['clients']} clients' calls in flight: the module exited in {summary['sigterm_exit_s']:.2f} s")
     return "\n".join(lines)
 
 

@@ -39,8 +39,8 @@ def unpacked(tmp_path_factory):
             names = set(tar.getnames())
             # The "data" filter exists from Python 3.10.12 and 3.11.4 on.
             tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-        assert REQUIRED <= names
-        assert not any("__pycache__" in n or n.startswith(".venv") for n in names)
+        assert REQUIRED <= names and "models/efficientnet_lite0_int8.onnx" in names
+        assert not any("__pycache__" in n or n.startswith(".venv") or n.startswith("models/calibration") for n in names)
         yield folder
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from typing import Any, Optional
@@ -11,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .config import ConfigError, OnnxFile, did_you_mean
-from .cores import WORKERS, available_cores
+from .cores import available_cores
 from .model import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -83,10 +82,6 @@ class OnnxRuntime:
             raise RuntimeError("the classifier is closed")
         (raw,) = session.run([self.spec.output_name], {self.spec.input_name: tensor})
         return raw
-
-    async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
-        # A run cannot be interrupted, and takes milliseconds: the deadline is not applied to it.
-        return await asyncio.get_running_loop().run_in_executor(WORKERS, self.run, tensor)
 
     def model_sha256(self) -> str:
         if self._sha256 is None:
