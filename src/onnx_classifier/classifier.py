@@ -1,11 +1,11 @@
 """The classifier core: bytes in, top-k (label, confidence) out. No Viam imports.
 
 A call runs in three stages, as transformers' pipelines do: `preprocess` (decode and fit the
-frame to the model's input, on a worker thread), `forward` (the backend runs the model), and
-`postprocess` (raw scores to confidences). The backend is the only part that differs between
-an ONNX file run in this process (`onnx_runtime.OnnxRuntime`) and a Viam ML model service
-(`mlmodel_backend.MLModelBackend`); the model's description, preprocessing, heads, labels and
-label rules are the same objects for both.
+frame to the model's input, on a worker thread), the model's run, and `postprocess` (raw scores
+to confidences). Only the run differs between backends: an ONNX file runs in this process
+(`onnx_runtime.OnnxRuntime`, a `LocalBackend`), a Viam ML model service elsewhere
+(`mlmodel_backend.MLModelBackend`, a `RemoteBackend`); the model's description, preprocessing,
+heads, labels and label rules are the same objects for both.
 """
 
 from __future__ import annotations
@@ -36,7 +36,17 @@ from .model import Layout, ResolvedModel, description_files, file_stamps, read_l
 from .onnx_runtime import OnnxRuntime, resolve_providers
 from .preprocess import Preprocessor
 
-__all__ = ["Backend", "Classifier", "LocalBackend", "RemoteBackend", "InferenceTimeout", "InferenceUnavailable", "Prediction", "SharedClassifiers", "UnexpectedOutput"]
+__all__ = [
+    "Backend",
+    "Classifier",
+    "InferenceTimeout",
+    "InferenceUnavailable",
+    "LocalBackend",
+    "Prediction",
+    "RemoteBackend",
+    "SharedClassifiers",
+    "UnexpectedOutput",
+]
 
 LOGGER = logging.getLogger(__name__)
 
