@@ -34,9 +34,10 @@ class OnnxModelService(MLModel):
     """Runs an ONNX file with onnxruntime; its tensors are named and described as `inputs`/`outputs`
     say (model tensor names are mapped to those positionally).
 
-    Faults for tests: `metadata_error` and `infer_error` raised while set, `hang` (an Event that
-    infer waits for while it is clear), `outputs_override` (returned instead of the model's outputs).
-    `infer_started` is set by every infer call, `received` keeps what each was given.
+    Faults for tests: `metadata_error` and `infer_error` raised while set, `metadata_hang` and `hang`
+    (Events that metadata and infer wait for while they are clear), `outputs_override` (returned
+    instead of the model's outputs). `infer_started` is set by every infer call, `received` keeps
+    what each was given, `timeouts` the (method, timeout) each call was given.
     """
 
     def __init__(self, name: str, model_path: Path, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], **metadata):
@@ -48,21 +49,27 @@ class OnnxModelService(MLModel):
         self.metadata_fields = metadata
         self.metadata_error: Optional[Exception] = None
         self.metadata_calls = 0
+        self.metadata_hang = asyncio.Event()
+        self.metadata_hang.set()
         self.infer_error: Optional[Exception] = None
         self.hang = asyncio.Event()
         self.hang.set()
         self.outputs_override: Optional[dict[str, np.ndarray]] = None
         self.received: list[dict[str, np.ndarray]] = []
         self.infer_started = asyncio.Event()
+        self.timeouts: list[tuple[str, Optional[float]]] = []
 
     async def metadata(self, *, extra=None, timeout=None, **kwargs) -> Metadata:
         self.metadata_calls += 1
+        self.timeouts.append(("metadata", timeout))
+        await self.metadata_hang.wait()
         if self.metadata_error is not None:
             raise self.metadata_error
         return Metadata(input_info=self.inputs, output_info=self.outputs, **self.metadata_fields)
 
     async def infer(self, input_tensors, *, extra=None, timeout=None, **kwargs) -> dict[str, np.ndarray]:
         self.received.append(dict(input_tensors))
+        self.timeouts.append(("infer", timeout))
         self.infer_started.set()
         await self.hang.wait()
         if self.infer_error is not None:
@@ -75,6 +82,7 @@ class OnnxModelService(MLModel):
 
     async def close(self) -> None:
         self.hang.set()
+        self.metadata_hang.set()
 
 
 class PackedTensorsRPCService(MLModelRPCService):

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_classifier import ConfigError
-from onnx_classifier.config import CropRounding, Region
+from onnx_classifier.config import CropRounding, Head, Region
 from onnx_classifier.classifier import validate_service_config
 from onnx_classifier.model import resolve_model
 from onnx_classifier.config import DESCRIPTION_KEYS
@@ -460,3 +460,221 @@ def test_regions_by_camera_over_the_services_region():
     assert config.region_for("a") == Region(0.0, 0.0, 0.5, 1.0) and config.region_for(None) == Region(0.0, 0.0, 0.5, 1.0)
     assert config.region_for("b") == Region(0.5, 0.0, 1.0, 1.0)
     assert validate({"camera_names": ["a"]}).region_for("a") is None
+
+
+def test_the_service_summary_gives_every_setting_and_leaves_out_those_not_set():
+    """`info`'s "service" section (and the CLI's --info): unset values are left out, since the Python
+    SDK turns a None in a do_command result into 0."""
+    assert validate({}).summary() == {
+        "cameras": [],
+        "camera_timeout_s": 5.0,
+        "regions_by_camera": {},
+        "smoothing_window": 1,
+        "label_hold_frames": 1,
+        "confidence_threshold": 0.0,
+        "label_confidences": {},
+        "blocked_labels": [],
+    }
+    config = validate({
+        "camera_name": "front",
+        "camera_names": ["back"],
+        "camera_timeout_s": 2,
+        "region": [0, 0.25, 1, 0.75],
+        "regions_by_camera": {"back": [0.5, 0, 1, 1]},
+        "smoothing_window": 4,
+        "label_hold_frames": 3,
+        "confidence_threshold": 0.2,
+        "label_confidences": {"tabby": 0.6},
+        "allowed_labels": ["tabby", "tiger cat"],
+        "blocked_labels": ["tiger cat"],
+    })
+    assert config.summary() == {
+        "cameras": ["front", "back"],
+        "default_camera": "front",
+        "camera_timeout_s": 2.0,
+        "region": [0.0, 0.25, 1.0, 0.75],
+        "regions_by_camera": {"back": [0.5, 0.0, 1.0, 1.0]},
+        "smoothing_window": 4,
+        "label_hold_frames": 3,
+        "confidence_threshold": 0.2,
+        "label_confidences": {"tabby": 0.6},
+        "allowed_labels": ["tabby", "tiger cat"],
+        "blocked_labels": ["tiger cat"],
+    }
+
+
+# How the graph is read: each rule on the smallest graph that needs it.
+
+
+def spec_of(path, **attributes):
+    return resolve_model(validate({"model_path": str(path), **attributes}).classifier).spec
+
+
+def quantized_scores_graph(path, scale_zero_inputs, extra_nodes=(), extra_initializers=(), output_dtype=TensorProto.UINT8, cast_to=None):
+    """An image to [N, 4] float scores, then QuantizeLinear with the given scale/zero-point inputs (and Cast)."""
+    nodes, weights = pooled_scores(out="float_scores")
+    nodes = nodes + list(extra_nodes) + [helper.make_node("QuantizeLinear", ["float_scores", *scale_zero_inputs], ["quantized"])]
+    if cast_to is not None:
+        nodes.append(helper.make_node("Cast", ["quantized"], ["scores"], to=cast_to))
+    else:
+        nodes.append(helper.make_node("Identity", ["quantized"], ["scores"]))
+    return write_graph(path, [image_input()], [scores_output(dtype=output_dtype)], nodes, list(weights) + list(extra_initializers))
+
+
+def test_quantization_parameters_from_initializers_constants_or_a_default_zero_point(tmp_path):
+    scale = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(3, np.uint8), "z")
+    assert spec_of(quantized_scores_graph(tmp_path / "init.onnx", ["s", "z"], extra_initializers=[scale, zero])).output_quantization == (
+        pytest.approx(0.05), 3
+    )
+    # No zero point: ONNX's default is 0.
+    assert spec_of(quantized_scores_graph(tmp_path / "nozero.onnx", ["s"], extra_initializers=[scale])).output_quantization == (
+        pytest.approx(0.05), 0
+    )
+    # Scale and zero point written by Constant nodes instead of initializers.
+    constants = [
+        helper.make_node("Constant", [], ["cs"], value=numpy_helper.from_array(np.array(0.25, np.float32), "cs_value")),
+        helper.make_node("Constant", [], ["cz"], value=numpy_helper.from_array(np.array(7, np.uint8), "cz_value")),
+    ]
+    assert spec_of(quantized_scores_graph(tmp_path / "const.onnx", ["cs", "cz"], extra_nodes=constants)).output_quantization == (0.25, 7)
+
+
+def test_quantized_outputs_whose_scale_is_not_a_plain_constant_are_refused(tmp_path):
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    zero = numpy_helper.from_array(np.array(0, np.uint8), "z")
+    computed = quantized_scores_graph(
+        tmp_path / "computed.onnx", ["s", "z"], extra_nodes=[helper.make_node("Mul", ["two", "half"], ["s"])], extra_initializers=[two, half, zero]
+    )
+    rejects({"model_path": computed}, "output 'scores' is uint8 but no QuantizeLinear or QLinear op in the graph gives its scale and zero point")
+    # int8 values cast to uint8 are not the quantized values any more: a Cast is not looked through.
+    int8_zero = numpy_helper.from_array(np.array(0, np.int8), "z8")
+    cast = quantized_scores_graph(
+        tmp_path / "cast.onnx", ["half", "z8"], extra_initializers=[half, int8_zero], cast_to=TensorProto.UINT8
+    )
+    rejects({"model_path": cast}, "output 'scores' is uint8 but no QuantizeLinear")
+
+
+def test_an_activation_is_found_behind_quantize_and_dequantize(tmp_path):
+    nodes, weights = pooled_scores(out="logits")
+    q = [numpy_helper.from_array(np.array(1 / 255, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")]
+    nodes += [
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        helper.make_node("QuantizeLinear", ["probabilities", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["scores"]),
+    ]
+    path = write_graph(tmp_path / "qdq.onnx", [image_input()], [scores_output()], nodes, list(weights) + q)
+    assert spec_of(path).final_activation is Head.SOFTMAX
+
+
+def test_scores_that_no_op_writes_have_no_final_activation(tmp_path):
+    # A graph that ignores its image and outputs constant scores (a baseline): nothing writes the output.
+    scores = numpy_helper.from_array(np.array([[0.1, 0.2, 0.3, 0.4]], np.float32), "scores")
+    path = write_graph(tmp_path / "const.onnx", [image_input()], [scores_output(shape=(1, 4))], [], [scores])
+    assert spec_of(path).final_activation is None
+
+
+def test_onnx_metadata_keys_other_than_the_description_are_ignored_and_labels_path_is_not_read(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\ne\n")
+    path = onnx_models.build(tmp_path / "m.onnx", metadata={"author": "someone", "labels_path": str(labels), "resize": "letterbox"})
+    config, warnings = validate_service_config({"model_path": str(path)})
+    spec = resolve_model(config.classifier).spec
+    assert warnings == () and spec.description.labels is None and spec.description.labels_path is None
+    assert resolve_model(config.classifier).labels is None
+
+
+def test_a_bad_onnx_metadata_value_names_the_model(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx", metadata={"head": "softmax2"})
+    message = rejects({"model_path": str(path)})
+    assert message.startswith(f"ONNX metadata of {str(path)!r} key 'head' must be one of")
+
+
+def test_labels_in_onnx_metadata_stay_when_a_sidecar_gives_only_preprocessing(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx", metadata={"labels": list("vwxyz")}, sidecar={"resize": "letterbox"})
+    model = resolve_model(validate({"model_path": str(path)}).classifier)
+    assert model.labels == tuple("vwxyz") and model.preprocessing.resize.value == "letterbox"
+    assert model.labels_source == f"ONNX metadata of {str(path)!r} key 'labels'"
+
+
+@pytest.mark.parametrize("layout, size, channels", [("NCHW", (8, 12), 3), ("NHWC", (12, 8), 3), ("NHWC", (8, 12), 1)])
+def test_image_inputs_of_every_layout_size_and_channel_count(tmp_path, layout, size, channels):
+    spec = spec_of(onnx_models.build(tmp_path / "m.onnx", layout=layout, size=size, channels=channels))
+    assert (spec.layout.value, spec.input_size, spec.channels) == (layout, size, channels)
+
+
+def test_a_spatial_dimension_of_zero_is_dynamic(tmp_path):
+    nodes, weights = pooled_scores()
+    path = write_graph(tmp_path / "zero.onnx", [image_input(shape=(1, 3, 0, 0))], [scores_output()], nodes, weights)
+    rejects({"model_path": path}, "input_size")
+    assert spec_of(path, input_size=[8, 8]).input_size is None
+
+
+def test_graph_messages_in_full(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    assert rejects({"model_path": str(path), "input_name": "pixels"}) == (
+        f"the image input 'pixels' is not an input of model_path {str(path)!r}; its input is 'image'"
+    )
+    spatial = write_graph(tmp_path / "map.onnx", [image_input()], [scores_output("image", ("N", 3, 8, 8))], [], [])
+    assert rejects({"model_path": spatial}) == (
+        f"model_path {spatial!r}: output 'image' has shape [None, 3, 8, 8]; expected class scores [N, C] or [C]"
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert rejects({"model_path": str(path), "labels_path": str(empty)}) == (
+        f"attribute 'labels_path' ({empty}): labels file {str(empty)!r} is empty"
+    )
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"caf\xe9\n")
+    assert rejects({"model_path": str(path), "labels_path": str(latin1)}).startswith(
+        f"attribute 'labels_path' ({latin1}): labels file {str(latin1)!r} cannot be read: "
+    )
+
+
+def test_mlmodel_timeout_s_bounds_and_where_it_applies():
+    assert rejects({"mlmodel_timeout_s": 5}) == "attribute 'mlmodel_timeout_s' applies only with 'mlmodel_name'"
+    assert validate({"mlmodel_name": "m", "mlmodel_timeout_s": 86400}).classifier.source.timeout_s == 86400.0
+    for value in (0, 86400.5):
+        assert rejects({"mlmodel_name": "m", "mlmodel_timeout_s": value}).startswith("attribute 'mlmodel_timeout_s' must be ")
+
+
+def test_remapped_names_that_name_no_score_output_or_are_not_names():
+    config = validate({"mlmodel_name": "m", "remap_output_names": {"boxes": "location"}, "remap_input_names": {"pixels": "image"}})
+    assert (config.classifier.input_name, config.classifier.output_name) == ("pixels", None)
+    assert rejects({"mlmodel_name": "m", "remap_output_names": {"probs": 5}}) == (
+        "attribute 'remap_output_names' must be an object of tensor names: {\"model's name\": \"the vision service's name\"}, "
+        "got {'probs': 5}"
+    )
+
+
+def test_variable_names_in_paths_keep_their_own_letters(tmp_path, monkeypatch):
+    monkeypatch.setenv("XMODELSX", str(tmp_path))
+    path = onnx_models.build(tmp_path / "m.onnx")
+    assert validate({"model_path": "${XMODELSX}/m.onnx"}).classifier.source.path == path
+
+
+def test_the_source_of_labels_in_a_sidecar_is_named(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx", sidecar={"labels": list("abcde")})
+    sidecar = str(path.with_suffix(".json"))
+    assert resolve_model(validate({"model_path": str(path)}).classifier).labels_source == f"model sidecar {sidecar!r} key 'labels'"
+    (tmp_path / "l.txt").write_text("\n".join("vwxyz") + "\n")
+    path.with_suffix(".json").write_text('{"labels_path": "l.txt"}')
+    model = resolve_model(validate({"model_path": str(path)}).classifier)
+    assert model.labels == tuple("vwxyz") and model.labels_source == f"model sidecar {sidecar!r} key 'labels_path'"
+
+
+def test_a_one_element_scale_vector_is_a_plain_scale_and_a_per_channel_one_is_refused(tmp_path):
+    vector = numpy_helper.from_array(np.array([0.125], np.float32), "s1")
+    assert spec_of(quantized_scores_graph(tmp_path / "s1.onnx", ["s1"], extra_initializers=[vector])).output_quantization == (0.125, 0)
+    per_channel = numpy_helper.from_array(np.array([0.1, 0.2, 0.3, 0.4], np.float32), "s4")
+    path = quantized_scores_graph(tmp_path / "s4.onnx", ["s4"], extra_initializers=[per_channel])
+    rejects({"model_path": path}, "output 'scores' is uint8 but no QuantizeLinear or QLinear op in the graph gives its scale and zero point")
+
+
+def test_an_input_size_that_does_not_fit_the_graph_names_who_set_it(tmp_path):
+    path = onnx_models.build(tmp_path / "m.onnx")
+    assert rejects({"model_path": str(path), "input_size": [8, 8]}) == (
+        "attribute 'input_size' [8, 8] does not match the model's fixed input size [16, 16]"
+    )
+    path.with_suffix(".json").write_text('{"input_size": [8, 12]}')
+    assert rejects({"model_path": str(path)}) == "model description 'input_size' [8, 12] does not match the model's fixed input size [16, 16]"

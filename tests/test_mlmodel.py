@@ -11,11 +11,18 @@ import pytest
 from grpclib import Status
 from onnx import TensorProto
 from viam.media.video import CameraMimeType, ViamImage
-from viam.proto.service.mlmodel import InferRequest
+from viam.proto.service.mlmodel import (
+    FlatTensor,
+    FlatTensorDataDouble,
+    FlatTensorDataFloat,
+    FlatTensorDataInt8,
+    FlatTensorDataInt32,
+    InferRequest,
+)
 from viam.services.mlmodel.utils import flat_tensors_to_ndarrays, ndarrays_to_flat_tensors
 
 from onnx_classifier import Classifier, ConfigError, parse_service_config
-from onnx_classifier.classifier import validate_service_config
+from onnx_classifier.classifier import UnexpectedOutput, validate_service_config
 from onnx_classifier.config import ChannelOrder, MLModelService
 from onnx_classifier.head import sigmoid, softmax
 from onnx_classifier.mlmodel_backend import decode_tensor, encode_infer_request
@@ -123,6 +130,86 @@ def test_tensors_are_packed_as_the_sdk_would_and_read_back(array):
     decoded = decode_tensor(tensor)
     assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
     assert np.array_equal(decoded, flat_tensors_to_ndarrays(reference.input_tensors)["serving_default_input:0"])
+
+
+def test_several_tensors_are_packed_as_the_sdk_would():
+    tensors = {"image": np.zeros((1, 4, 4, 3), np.uint8) + 7, "scale": np.array([[0.5, 2.0]], np.float32)}
+    request = InferRequest.FromString(encode_infer_request("m", tensors))
+    assert request == InferRequest(name="m", input_tensors=ndarrays_to_flat_tensors(tensors))
+
+
+@pytest.mark.parametrize(
+    "tensor, expected",
+    [
+        (FlatTensor(shape=[1, 3], int8_tensor=FlatTensorDataInt8(data=np.array([-3, 0, 5], np.int8).tobytes())), np.array([[-3, 0, 5]], np.int8)),
+        (FlatTensor(shape=[1, 0], float_tensor=FlatTensorDataFloat(data=[])), np.zeros((1, 0), np.float32)),
+        (FlatTensor(shape=[1, 0], double_tensor=FlatTensorDataDouble(data=[])), np.zeros((1, 0), np.float64)),
+        (FlatTensor(shape=[1, 2], int32_tensor=FlatTensorDataInt32(data=[4, -4])), np.array([[4, -4]], np.int32)),
+    ],
+)
+def test_output_tensors_keep_their_type_and_shape(tensor, expected):
+    decoded = decode_tensor(tensor)
+    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape and np.array_equal(decoded, expected)
+
+
+def test_an_output_tensor_without_data_is_unexpected_output():
+    with pytest.raises(UnexpectedOutput) as caught:
+        decode_tensor(FlatTensor(shape=[1, 5]))
+    assert str(caught.value) == "an output tensor holds no data"
+
+
+def test_dimensions_of_zero_or_less_are_unknown_and_an_output_may_give_no_shape():
+    spec = describe([TensorInfo("image", "float32", (1, 3, 0, 0))], [TensorInfo("probability", "float32", (0, 0))])
+    assert spec.input_size is None and spec.num_classes is None
+    no_shape = describe([TensorInfo("image", "float32", (1, 3, 8, 8))], [TensorInfo("probability", "float32", ())])
+    assert no_shape.num_classes is None
+
+
+def test_a_labels_file_in_metadata_is_named_as_the_labels_source():
+    spec = describe([TensorInfo("image", "uint8", (1, 8, 8, 3))], [TensorInfo("probability", "uint8", (1, 5), {"labels": "/data/l.txt"})])
+    assert spec.description.labels_source == "the labels file '/data/l.txt' that ML model service 'm' names for output 'probability'"
+
+
+@pytest.mark.parametrize(
+    "inputs, outputs, input_name, message",
+    [
+        ([], [TensorInfo("p", "float32", (1, 2))], None, "ML model service 'm' reports no inputs in its metadata"),
+        ([], [TensorInfo("p", "float32", (1, 2))], "x", "attribute 'input_name' 'x' is not an input of ML model service 'm'; its inputs are: none"),
+        (
+            [TensorInfo("a", "float32", (1, 3, 8, 8)), TensorInfo("b", "float32", (1, 3, 8, 8))], [TensorInfo("p", "float32", (1, 2))], None,
+            "ML model service 'm' has 2 inputs ('a', 'b') and none named 'image': set attribute 'input_name' to the image",
+        ),
+        (
+            [TensorInfo("a", "float32", (1, 3, 8, 8))], [TensorInfo("p", "float32", (1, 2)), TensorInfo("q", "float32", (1, 2))], None,
+            "ML model service 'm' has 2 outputs ('p', 'q') and none named 'probability': set attribute 'output_name' to the class "
+            "scores (a detector's outputs are not: this service classifies)",
+        ),
+        (
+            [TensorInfo("a", "float32", (1, 5, 8, 8))], [TensorInfo("p", "float32", (1, 2))], None,
+            "ML model service 'm': input 'a' has shape [1, 5, 8, 8]; expected 1 or 3 channels in position 1 (NCHW) or 3 (NHWC)",
+        ),
+    ],
+)
+def test_metadata_errors_in_full(inputs, outputs, input_name, message):
+    with pytest.raises(ConfigError) as caught:
+        describe(inputs, outputs, input_name)
+    assert str(caught.value) == message
+
+
+def test_validation_with_a_service_checks_the_labels_file_and_leaves_label_names_for_later(tmp_path):
+    # The service's labels are not known before it answers: label rules cannot be checked yet.
+    config, _ = validate_service_config({"mlmodel_name": "m", "allowed_labels": ["cat"], "label_confidences": {"dog": 0.5}})
+    assert config.labels.allowed_labels == ("cat",)
+    unreadable = tmp_path / "latin1.txt"
+    unreadable.write_bytes(b"caf\xe9\n")
+    with pytest.raises(ConfigError) as caught:
+        validate_service_config({"mlmodel_name": "m", "labels_path": str(unreadable)})
+    assert str(caught.value).startswith(f"attribute 'labels_path' ({unreadable}): labels file {str(unreadable)!r} cannot be read: ")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    with pytest.raises(ConfigError) as caught:
+        validate_service_config({"mlmodel_name": "m", "labels_path": str(labels), "allowed_labels": ["cta"]})
+    assert "'cta'" in str(caught.value) and "'cat'" in str(caught.value)
 
 
 # Configuration: the source of the model and the built-in service's attribute names.

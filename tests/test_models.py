@@ -288,8 +288,16 @@ def test_info_defaults_and_the_threads_available(model_dir):
             "auto, decided on every frame (this is its choice for a blank image): scores that already form a probability "
             "distribution are used as they are; anything else is taken as logits (softmax, or sigmoid for a single class)",
         ),
+        (
+            # Scores in [0, 1] that are not a distribution, from a graph that was read: logits, unlike a service's.
+            {"final": "Sigmoid", "scale_after_final": 0.5},
+            {},
+            Head.SOFTMAX,
+            "auto, decided on every frame (this is its choice for a blank image): scores that already form a probability "
+            "distribution are used as they are; anything else is taken as logits (softmax, or sigmoid for a single class)",
+        ),
     ],
-    ids=["attribute", "description", "softmax-graph", "sigmoid-graph", "logits"],
+    ids=["attribute", "description", "softmax-graph", "sigmoid-graph", "logits", "scaled-sigmoid"],
 )
 def test_the_head_in_use_and_why(model_dir, build, attributes, head, reason):
     classifier = load(onnx_models.build(model_dir / "m.onnx", **build), **attributes)

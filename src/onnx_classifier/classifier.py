@@ -31,7 +31,7 @@ from .config import (
     parse_service_config,
 )
 from .cores import WORKERS
-from .head import Prediction, auto_head, confidences, top_k
+from .head import Prediction, auto_head, confidences, dequantized, top_k
 from .model import Layout, ResolvedModel, description_files, file_stamps, read_labels, resolve_model
 from .onnx_runtime import OnnxRuntime, resolve_providers
 from .preprocess import Preprocessor
@@ -149,8 +149,7 @@ class Classifier:
             )
         self.labels: tuple[str, ...] = model.labels or tuple(str(i) for i in range(size))
         spec = model.spec
-        blank = confidences(blank_output, Head.NONE, None, spec.output_quantization, spec.graph_read)
-        self._blank_head = auto_head(blank, spec.final_activation, spec.graph_read)
+        self._blank_head = auto_head(dequantized(blank_output, spec.output_quantization), spec.final_activation, spec.graph_read)
 
     @classmethod
     def from_onnx_file(cls, config: ClassifierConfig) -> Classifier:
@@ -168,7 +167,6 @@ class Classifier:
     def preprocess(self, data: bytes, region: Optional[Region] = None, timings: Optional[dict[str, float]] = None) -> np.ndarray:
         """The model's input tensor for one encoded image (or `region` of it); raises DecodeError for bytes that are not one."""
         return self._preprocess(data, region, timings)
-
 
     def postprocess(self, raw: np.ndarray, timings: Optional[dict[str, float]] = None) -> np.ndarray:
         """Confidences in [0, 1] for every class, in label order."""

@@ -56,6 +56,15 @@ def auto_head(scores: np.ndarray, final_activation: Optional[Head], graph_read: 
     return Head.SIGMOID if scores.size == 1 else Head.SOFTMAX
 
 
+def dequantized(raw: np.ndarray, quantization: Optional[tuple[float, int]]) -> np.ndarray:
+    """One row of raw scores as finite float64 values, a quantized output's dequantized; no activation, no clipping."""
+    scores = raw.reshape(-1).astype(np.float64)
+    if quantization is not None:
+        scale, zero_point = quantization
+        scores = (scores - zero_point) * scale
+    return np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+
+
 def confidences(
     raw: np.ndarray,
     head: Head,
@@ -65,11 +74,7 @@ def confidences(
 ) -> np.ndarray:
     """One row of class scores as float64 confidences in [0, 1]; a quantized output is dequantized
     first, and `auto` decides per row (`auto_head`)."""
-    scores = raw.reshape(-1).astype(np.float64)
-    if quantization is not None:
-        scale, zero_point = quantization
-        scores = (scores - zero_point) * scale
-    scores = np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+    scores = dequantized(raw, quantization)
     if head is Head.AUTO:
         head = auto_head(scores, final_activation, graph_read)
     if head is Head.SOFTMAX:

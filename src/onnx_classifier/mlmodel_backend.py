@@ -27,6 +27,15 @@ INFER_METHOD = "/viam.service.mlmodel.v1.MLModelService/Infer"
 # Which FlatTensor field carries each input type, and the wire tags of the messages built by hand.
 _DATA_FIELD = {np.dtype(np.uint8): "uint8_tensor", np.dtype(np.float32): "float_tensor"}
 _LENGTH_DELIMITED = 2
+# The FlatTensor fields whose values protobuf gives as a list of Python ints.
+_REPEATED_INTEGER_TYPES = {
+    "int16_tensor": np.int16,
+    "uint16_tensor": np.uint16,
+    "int32_tensor": np.int32,
+    "uint32_tensor": np.uint32,
+    "int64_tensor": np.int64,
+    "uint64_tensor": np.uint64,
+}
 
 
 def _varint(value: int) -> bytes:
@@ -96,7 +105,7 @@ def decode_tensor(tensor: FlatTensor) -> np.ndarray:
         while wire[start] & 0x80:
             start += 1
         return np.frombuffer(wire, dtype, offset=start + 1).reshape(shape)
-    return np.asarray(data.data).reshape(shape)  # integer types: small and rare
+    return np.asarray(data.data, _REPEATED_INTEGER_TYPES[kind]).reshape(shape)  # small and rare
 
 
 def tensor_infos(infos: Sequence[Any]) -> list[TensorInfo]:
