@@ -382,8 +382,15 @@ async def test_faults_of_the_service_are_clear_and_the_module_keeps_serving(tmp_
         await module.add(attributes, [camera_dependency("cam"), mlmodel_dependency("m")])
         vision = module.vision()
         # not up yet: UNAVAILABLE, and the next call tries again
-        await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE,
-                           "ML model service 'm' did not return its metadata", "still loading", "retries on the next call")
+        message = await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE,
+                                     "ML model service 'm' did not return its metadata", "retries on the next call")
+        if "still loading" not in message:
+            # Once in five full runs the module's fresh connection to its parent dropped under this first
+            # request ("StreamTerminatedError: Connection lost"): the same status and retry, with the
+            # transport's reason. The retry must then reach the service and give its own reason.
+            assert "Connection lost" in message, message
+            await expect_error(vision.get_classifications_from_camera("cam", 1), Status.UNAVAILABLE,
+                               "ML model service 'm' did not return its metadata", "still loading", "retries on the next call")
         service.metadata_error = None
         assert (await vision.get_classifications_from_camera("cam", 1))[0].class_name == "espresso"
 
@@ -409,7 +416,7 @@ async def test_faults_of_the_service_are_clear_and_the_module_keeps_serving(tmp_
 
         assert (await vision.get_classifications(png("coffee.png"), 1))[0].class_name == "espresso"
         stats = await vision.do_command({"command": "stats"})
-        assert stats["errors"] == {"UNAVAILABLE": 2, "INTERNAL": 2}
+        assert stats["errors"] == {"UNAVAILABLE": 2 + ("still loading" not in message), "INTERNAL": 2}
         assert (await module.vision("small").do_command({"command": "stats"}))["errors"] == {"DEADLINE_EXCEEDED": 1}
 
 
