@@ -277,7 +277,7 @@ async def test_score_tensors_of_each_type_are_read_from_the_wire(tmp_path, data_
 async def test_faults_over_grpc_are_unavailable_or_a_timeout_naming_the_service(tmp_path):
     service = small(tmp_path)
     async with Served(service) as parent:
-        classifier = await load_classifier(config(mlmodel_timeout_s=0.2), parent.client())
+        classifier = await load_classifier(config(mlmodel_timeout_s=1), parent.client())
         service.infer_error = RuntimeError("CUDA out of memory")
         got = await forward_error(classifier)
         # The SDK's server turns the service's exception into UNKNOWN with its type and text.
@@ -287,7 +287,7 @@ async def test_faults_over_grpc_are_unavailable_or_a_timeout_naming_the_service(
         service.hang.clear()
         got = await forward_error(classifier)
         assert type(got) is InferenceTimeout
-        assert str(got) == "ML model service 'm' did not answer within 0.2 s (the call's deadline or 'mlmodel_timeout_s' = 0.2 s)"
+        assert str(got) == "ML model service 'm' did not answer within 1 s (the call's deadline or 'mlmodel_timeout_s' = 1 s)"
         service.hang.set()
         await parent.stop_serving()
         parent.channel.close()  # the open connection outlives the server; the next call connects anew
