@@ -58,6 +58,9 @@ class BackendBase(Protocol):
     def info(self) -> dict[str, Any]:
         """What runs the model and how, as plain JSON-able values (`backend`, `input`, `output`...)."""
 
+    def close(self) -> None:
+        """Free what the backend holds in this process (an onnxruntime session) now, rather than when the last reference goes."""
+
 
 class LocalBackend(BackendBase, Protocol):
     """Runs the model in this process, on the calling thread."""
@@ -262,9 +265,8 @@ class Classifier:
         }
 
     def close(self) -> None:
-        """Free an in-process backend's session now rather than when the last reference goes."""
-        if isinstance(self.backend, OnnxRuntime):
-            self.backend.close()
+        """Free what the backend holds in this process now rather than when the last reference goes."""
+        self.backend.close()
 
 
 class SharedClassifiers:

@@ -131,6 +131,10 @@ class OnnxFile:
     strict_providers: bool = False
     num_threads: Optional[int] = None  # None: the cores available to the process
 
+    def describe(self) -> str:
+        """The model's source in words, for messages."""
+        return f"model_path {str(self.path)!r}"
+
 
 @dataclass(frozen=True)
 class MLModelService:
@@ -139,6 +143,10 @@ class MLModelService:
 
     name: str
     timeout_s: float = DEFAULT_MLMODEL_TIMEOUT_S
+
+    def describe(self) -> str:
+        """The model's source in words, for messages."""
+        return f"ML model service {self.name!r}"
 
     @property
     def dependency(self) -> str:

@@ -132,7 +132,7 @@ class MLModelBackend:
         )
 
     def describe(self) -> str:
-        return f"ML model service {self.service.name!r}"
+        return self.service.describe()
 
     async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
         limit = self.service.timeout_s if timeout is None else min(timeout, self.service.timeout_s)
@@ -164,6 +164,9 @@ class MLModelBackend:
         request = EncodedInferRequest(encode_infer_request(self.client.name, inputs))
         response: InferResponse = await self._infer_bytes(request, timeout=timeout)
         return {name: decode_tensor(t) for name, t in response.output_tensors.tensors.items()}
+
+    def close(self) -> None:
+        """Nothing to free: the ML model service is a resource of its own, which others may use."""
 
     def info(self) -> dict[str, Any]:
         metadata, spec = self.metadata, self.spec
@@ -199,7 +202,7 @@ async def load_classifier(config: ClassifierConfig, client: MLModel) -> Classifi
     UnexpectedOutput when its model cannot work as a classifier."""
     service = config.source
     assert isinstance(service, MLModelService)
-    where = f"ML model service {service.name!r}"
+    where = service.describe()
     try:
         metadata = await asyncio.wait_for(client.metadata(timeout=service.timeout_s), service.timeout_s)
     except asyncio.TimeoutError as e:

@@ -212,7 +212,7 @@ def describe_service_model(
     vision service's name); the class scores are `output_name`, else the output called "probability",
     else the only output. A uint8 input takes raw pixels; a uint8 output is dequantized to [0, 1].
     """
-    where = f"ML model service {service.name!r}"
+    where = service.describe()
     image = _pick(inputs, input_name, "input_name", BUILTIN_INPUT_NAME, where, "input")
     dims = [d if d > 0 else None for d in image.shape]
     if not dims:

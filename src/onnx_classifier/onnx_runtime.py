@@ -69,12 +69,12 @@ class OnnxRuntime:
         try:
             self._session: Optional[ort.InferenceSession] = ort.InferenceSession(str(source.path), self.options, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ConfigError(f"model_path {str(source.path)!r} cannot be loaded by onnxruntime: {e}") from e
+            raise ConfigError(f"{source.describe()} cannot be loaded by onnxruntime: {e}") from e
         self.providers: tuple[str, ...] = tuple(self._session.get_providers())
         self._sha256: Optional[str] = None
 
     def describe(self) -> str:
-        return f"model_path {str(self.source.path)!r}"
+        return self.source.describe()
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         session = self._session

@@ -101,7 +101,7 @@ class OnnxClassifier(Vision, EasyResource):
         if isinstance(source, MLModelService):
             mlmodel = dependencies.get(MLModel.get_resource_name(source.name))
             if not isinstance(mlmodel, MLModel):
-                raise ConfigError(f"ML model service {source.name!r} is not among this service's dependencies")
+                raise ConfigError(f"{source.describe()} is not among this service's dependencies")
         service = cls(config.name)
         service.config = parsed
         service.cameras = cameras
@@ -163,18 +163,17 @@ class OnnxClassifier(Vision, EasyResource):
             await asyncio.wait_for(asyncio.shield(task), _remaining(deadline))
         except asyncio.TimeoutError as e:
             raise ViamGRPCError(
-                f"{self._source_name()} had not described its model when the call's deadline passed", Status.DEADLINE_EXCEEDED
+                f"{self.config.classifier.source.describe()} had not described its model when the call's deadline passed",
+                Status.DEADLINE_EXCEEDED,
             ) from e
         except InferenceUnavailable as e:
             raise ViamGRPCError(f"{e}; this service retries on the next call", Status.UNAVAILABLE) from e
         except (ConfigError, UnexpectedOutput) as e:
-            raise ViamGRPCError(f"{self._source_name()} cannot be used as this classifier: {e}", Status.FAILED_PRECONDITION) from e
+            raise ViamGRPCError(
+                f"{self.config.classifier.source.describe()} cannot be used as this classifier: {e}", Status.FAILED_PRECONDITION
+            ) from e
         assert self.loaded is not None
         return self.loaded
-
-    def _source_name(self) -> str:
-        source = self.config.classifier.source
-        return f"ML model service {source.name!r}" if isinstance(source, MLModelService) else f"model_path {str(source.path)!r}"
 
     async def close(self) -> None:
         self.closed = True
