@@ -1,5 +1,6 @@
 """The Viam adapter in-process: what viam-server's close-then-new reconfigure costs, and what close releases."""
 
+import asyncio
 import gc
 import logging
 import os
@@ -25,7 +26,7 @@ from onnx_classifier.service import SHARED_CLASSIFIERS, OnnxClassifier
 
 from . import onnx_models
 from .conftest import encode, solid
-from .harness import MODEL
+from .harness import MODEL, parent_robot
 
 
 def config(attributes):
@@ -134,13 +135,54 @@ def test_hyperframe_repr_patch_gives_the_same_text():
 
     from onnx_classifier import dependency_fixes
 
-    assert dependency_fixes.apply() == ["hyperframe frame repr: hexlifies only the bytes it shows"]
+    assert dependency_fixes.apply() == [
+        "hyperframe frame repr: hexlifies only the bytes it shows",
+        "module logs: sent to the parent on the event loop that owns its connection",
+    ]
     assert hyperframe.frame._raw_data_repr is dependency_fixes.hex_prefix_repr
     for size in (0, 1, 9, 10, 11, 12, 16384):
         data = os.urandom(size)
         assert hyperframe.frame._raw_data_repr(data) == original(data)
     frame = hyperframe.frame.DataFrame(1, data=os.urandom(16384))
     assert repr(frame).endswith("...>")
+
+
+async def test_module_logs_are_sent_on_the_loop_that_owns_the_parent_connection(tmp_path, capsys):
+    from viam.robot.client import RobotClient
+    from viam.rpc.dial import DialOptions
+
+    from onnx_classifier.dependency_fixes import ParentLogHandler
+
+    async def sent(handler: ParentLogHandler) -> None:
+        await asyncio.sleep(0)  # emit starts the send on the loop's next turn
+        while handler.sending:
+            await asyncio.gather(*handler.sending)
+
+    logger = logging.getLogger("onnx_classifier.test_parent_log")
+    options = RobotClient.Options(
+        dial_options=DialOptions(disable_webrtc=True, insecure=True), check_connection_interval=0, attempt_reconnect_interval=0
+    )
+    async with parent_robot(tmp_path / "parent.sock", []) as parent:
+        client = await RobotClient.at_address(str(tmp_path / "parent.sock"), options)
+        handler = ParentLogHandler(client)  # made in this loop, as setParent makes it
+        logger.addHandler(handler)
+        try:
+            await asyncio.to_thread(logger.warning, "from an inference thread: %d", 42)
+            await parent.module_log.wait_for("from an inference thread: 42")
+            await sent(handler)
+            (line,) = parent.module_log.lines
+            assert line.startswith("WARNING\tonnx_classifier/test_parent_log\t") and line.endswith("\tfrom an inference thread: 42")
+        except BaseException:
+            logger.removeHandler(handler)
+            raise
+    try:
+        # the parent has gone (its connection closed, nothing listening): the line goes to stderr, with the reason
+        await client.close()
+        logger.warning("after the parent went away")
+        await sent(handler)
+        assert "after the parent went away (sending it to the parent failed: ConnectionRefusedError" in capsys.readouterr().err
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_shared_classifiers_keep_one_in_use_until_its_last_user_releases_it(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any, Awaitable, Callable, ClassVar, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
@@ -51,9 +52,10 @@ def _model_from_meta() -> str:
     return entry["model"]
 
 
-# Route the core's logs (loggers under "onnx_classifier") to viam-server like the SDK's own.
+# Route the package's logs (loggers under "onnx_classifier") to viam-server like the SDK's own. This
+# module's logger is a plain child of that one: with handlers of its own, each line would be sent twice.
 viam_logging.getLogger("onnx_classifier")
-LOGGER = viam_logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 
 SHARED_CLASSIFIERS = SharedClassifiers()

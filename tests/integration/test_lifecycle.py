@@ -1,4 +1,4 @@
-"""viam-server managing the module: a config edit applied while running, a killed module restarted."""
+"""viam-server managing the module: a config edit applied while running, a killed module restarted, its log lines."""
 
 from __future__ import annotations
 
@@ -89,3 +89,10 @@ async def test_a_killed_module_is_restarted(viam_server, machine):
 
     await until(answers_again, "an answer from the restarted module", viam_server)
     assert module_pid(viam_server) != killed
+
+
+def test_module_log_lines_reach_viam_server_once(viam_server):
+    # viam-server writes each line the module sends it (its Log API) as "time level logger file:line message".
+    sent = [line for line in viam_server.log(last_chars=10**8).splitlines() if "\tonnx_classifier/" in line]
+    assert any("\tonnx_classifier/service\t" in line and "described its model" in line for line in sent), viam_server.log()
+    assert [line for line in sent if sent.count(line) > 1] == []
