@@ -3,7 +3,7 @@ clear error that names the camera or the attribute, and the service keeps servin
 
 import asyncio
 
-from grpclib import Status
+from grpclib import GRPCError, Status
 from viam.media.video import CameraMimeType, NamedImage, ViamImage
 
 from .conftest import photo
@@ -71,6 +71,13 @@ async def test_a_hanging_camera_times_out_by_name_while_other_calls_go_on():
         hung.hang = False
         assert (await waiting)[0].class_name == "missile"
         assert (await impatient.get_classifications_from_camera("hung", 1))[0].class_name == "missile"
+
+        # The camera's side may end the request at the deadline it was given before this side's timer
+        # does (viam-server answers "context deadline exceeded"): the same timeout, not UNAVAILABLE.
+        hung.error = GRPCError(Status.DEADLINE_EXCEEDED, "context deadline exceeded")
+        await expect_error(
+            impatient.get_classifications_from_camera("hung", 1), Status.DEADLINE_EXCEEDED, "camera 'hung'", "within 1 s", "camera_timeout_s"
+        )
 
 
 async def test_a_bad_edit_is_rejected_at_validation_and_the_running_service_keeps_serving(tmp_path):

@@ -296,6 +296,23 @@ async def test_faults_over_grpc_are_unavailable_or_a_timeout_naming_the_service(
         assert str(got).startswith("ML model service 'm' cannot be reached: ") and "Connection refused" in str(got)
 
 
+async def test_a_deadline_the_service_ends_itself_is_the_same_timeout(tmp_path):
+    # The request carries its deadline to the service, which may end it before this side's timer does
+    # and answer DEADLINE_EXCEEDED, as viam-server's Go side does ("context deadline exceeded").
+    service = small(tmp_path)
+    async with Served(service) as parent:
+        service.metadata_error = GRPCError(Status.DEADLINE_EXCEEDED, "context deadline exceeded")
+        with pytest.raises(InferenceTimeout) as caught:
+            await load_classifier(config(mlmodel_timeout_s=2), parent.client())
+        assert str(caught.value) == "ML model service 'm' did not return its metadata within 2 s ('mlmodel_timeout_s')"
+        service.metadata_error = None
+        classifier = await load_classifier(config(mlmodel_timeout_s=2), parent.client())
+        service.infer_error = GRPCError(Status.DEADLINE_EXCEEDED, "context deadline exceeded")
+        got = await forward_error(classifier, 0.5)
+        assert type(got) is InferenceTimeout
+        assert str(got) == "ML model service 'm' did not answer within 0.5 s (the call's deadline or 'mlmodel_timeout_s' = 2 s)"
+
+
 async def test_float32_tensors_never_take_the_sdks_element_by_element_conversion(monkeypatch):
     """The SDK's ndarrays_to_flat_tensors takes about 70 ms for a 1x3x224x224 float32 tensor here;
     the backend writes the packed bytes itself."""

@@ -21,6 +21,7 @@ from viam.utils import struct_to_dict
 
 from .classifier import Classifier, InferenceTimeout, InferenceUnavailable, UnexpectedOutput, blank_input
 from .config import ClassifierConfig, MLModelService
+from .deadlines import within
 from .model import MLMODEL_PREPROCESSING, ModelSpec, TensorInfo, describe_service_model, resolve
 
 INFER_METHOD = "/viam.service.mlmodel.v1.MLModelService/Infer"
@@ -137,7 +138,7 @@ class MLModelBackend:
     async def forward(self, tensor: np.ndarray, timeout: Optional[float]) -> np.ndarray:
         limit = self.service.timeout_s if timeout is None else min(timeout, self.service.timeout_s)
         try:
-            outputs = await asyncio.wait_for(self._infer(tensor, limit), limit)
+            outputs = await within(self._infer(tensor, limit), limit)
         except asyncio.TimeoutError as e:
             raise InferenceTimeout(
                 f"{self.describe()} did not answer within {limit:g} s (the call's deadline or "
@@ -204,7 +205,7 @@ async def load_classifier(config: ClassifierConfig, client: MLModel) -> Classifi
     assert isinstance(service, MLModelService)
     where = service.describe()
     try:
-        metadata = await asyncio.wait_for(client.metadata(timeout=service.timeout_s), service.timeout_s)
+        metadata = await within(client.metadata(timeout=service.timeout_s), service.timeout_s)
     except asyncio.TimeoutError as e:
         raise InferenceTimeout(f"{where} did not return its metadata within {service.timeout_s:g} s ('mlmodel_timeout_s')") from e
     except GRPCError as e:

@@ -36,6 +36,7 @@ from .classifier import (
     validate_service_config,
 )
 from .config import ConfigError, MLModelService, OnnxFile, Region, ServiceConfig, parse_region, parse_service_config
+from .deadlines import within
 from .decode import DecodeError
 from .head import LabelFilter
 from .mlmodel_backend import load_classifier
@@ -276,9 +277,7 @@ class OnnxClassifier(Vision, EasyResource):
         limit = self.config.camera_timeout_s if timeout is None else min(timeout, self.config.camera_timeout_s)
         started = time.perf_counter()
         try:
-            # The camera's own timeout is only a request to it; wait_for makes sure a hung camera
-            # cannot hold this call (or the caller) past the limit.
-            images, _ = await asyncio.wait_for(camera.get_images(timeout=limit), limit)
+            images, _ = await within(camera.get_images(timeout=limit), limit)
         except asyncio.TimeoutError as e:
             raise ViamGRPCError(
                 f"camera {name!r} did not return an image within {limit:g} s "
