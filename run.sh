@@ -62,6 +62,20 @@ arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 print(f"{platform.system().lower()}/{arch} {sys.version_info[0]}.{sys.version_info[1]}")'
 }
 
+# pip for an offline install: the bundled wheels and nothing else, whatever the caller's pip
+# settings say (PIP_* variables, pip.conf files: Raspberry Pi OS's /etc/pip.conf adds an index, and
+# a find-links folder this machine lacks makes pip warn once per dependency). The install's own
+# build step runs pip again and inherits the same environment.
+offline_pip() {
+    (
+        local name
+        for name in $(compgen -e); do
+            case "$name" in PIP_*) unset "$name" ;; esac
+        done
+        PIP_CONFIG_FILE=/dev/null exec "$VENV/bin/python" -m pip --isolated "$@"
+    )
+}
+
 # Installs the module with its dependencies: from the bundled wheelhouse with the index switched off
 # when the bundle was built for this machine, from the package index otherwise. A wheelhouse for
 # another machine falls back to the index rather than failing: a bundle that no longer matches the
@@ -73,7 +87,7 @@ install_module() {
         read -r here_platform here_python < <(describe_target "$VENV/bin/python")
         if [ "$here_platform $here_python" = "$wheels_platform $wheels_python" ]; then
             log "installing from the bundled wheels (no network needed)"
-            if ! "$VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" -e "$MODULE_DIR"; then
+            if ! offline_pip install --quiet --no-index --find-links "$WHEELS" -e "$MODULE_DIR"; then
                 log "installing from the bundled wheels in $WHEELS failed (pip's error is above)"
                 exit 1
             fi

@@ -7,13 +7,18 @@ versions a second run writes the same bytes (the script prints the SHA-256). Ano
 choose other ranges or lay the graph out differently; the fidelity test (tests/test_int8.py) says
 whether its result is still good.
 
-Method (README "The int8 model" has each variant tried, with its figures):
+Method (docs: README "The int8 model" has each variant tried, with its figures on each CPU family):
 - calibration: CALIBRATION_FRAMES camera-like frames made from the photos in models/calibration/
   (none of them is a test photo): random crops of 50-100% at camera aspect ratios and resolutions,
   mirrored at random, JPEG-encoded, then fed through the service's own preprocessing;
 - onnxruntime's `quantize_static` in QDQ format, activation ranges from the 99.999th percentile
   (Percentile calibration), int8 weights per output channel, uint8 activations per tensor
   (onnx_classifier.quantize, as `run.sh quantize` uses it);
+- each weight channel's range covers the sum of any two adjacent same-sign weights
+  (onnx_classifier.pair_safe), so that x86 CPUs without VNNI, whose int8 kernels add pairs of
+  products in saturating int16, compute the same sums as every other CPU;
+- bias correction (onnx_classifier.bias_correction): each layer's bias takes back the mean error
+  its int8 weights make on the calibration frames;
 - left in float: the stem and the first three blocks, where onnxruntime's debugging tools
   (qdq_loss_debug) show the signal-to-noise ratio falling fastest (high resolution, depthwise
   kernels of few weights each), and the classifier with the pooling before it. A layer stays float

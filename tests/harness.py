@@ -9,6 +9,7 @@ RemoveResource) exactly as viam-server drives it. Used by the tests and by bench
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -256,13 +257,16 @@ def camera_dependency(name: str) -> str:
 
 
 @asynccontextmanager
-async def running_module(resources: Sequence[ResourceBase], command: Optional[Sequence[str]] = None, env=None, startup_timeout_s=60):
+async def running_module(
+    resources: Sequence[ResourceBase], command: Optional[Sequence[str]] = None, env=None, startup_timeout_s=60, folder: Optional[Path] = None
+):
     """A parent robot serving `resources` (cameras, ML model services) and a started, Ready module; yields the ModuleProcess.
 
-    Unix socket paths must stay short (about 100 bytes), so they live in a fresh /tmp folder.
+    Unix socket paths must stay short (about 100 bytes), so they live in a fresh /tmp folder, or in
+    `folder` (a module in a chroot sees it bound at the same path).
     """
-    with tempfile.TemporaryDirectory(prefix="oc-", dir="/tmp") as tmp:
-        folder = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        folder = folder or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="oc-", dir="/tmp")))
         async with parent_robot(folder / "parent.sock", resources) as parent:
             module = ModuleProcess(
                 command or [sys.executable, "-m", "onnx_classifier"],

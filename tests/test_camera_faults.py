@@ -104,3 +104,15 @@ async def test_a_bad_edit_is_rejected_at_validation_and_the_running_service_keep
         assert list(validated.dependencies) == ["cam"]
         await module.parent_log.wait_for("did you mean 'confidence_threshold'")
         assert "'confidence_treshold' is not recognized; did you mean 'confidence_threshold'" in module.log()
+
+
+async def test_a_callers_deadline_ends_a_hanging_camera_with_an_answer_that_names_it():
+    # The answer comes a margin before the caller's deadline, which would end the call with no reason.
+    cam = StillCamera("cam", photo("rocket.jpg"))
+    async with running_module([cam]) as module:
+        await module.add({"camera_name": "cam"}, [camera_dependency("cam")])  # 'camera_timeout_s' far away
+        cam.hang = True
+        await expect_error(module.vision().get_classifications_from_camera("cam", 1, timeout=3), Status.DEADLINE_EXCEEDED,
+                           "camera 'cam' did not return an image within 2.7", "the call's deadline")
+        cam.hang = False
+        assert (await module.vision().get_classifications_from_camera("cam", 1))[0].class_name == "missile"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 from PIL import Image
 
 from onnx_classifier import cli
@@ -410,3 +411,36 @@ def test_python_dash_m_exit_statuses_and_clean_stdout(tmp_path):
     bad_config = subprocess.run(command + ["--head", "max", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad_config.returncode == 2 and bad_config.stdout == ""
     assert "attribute 'head'" in bad_config.stderr
+
+
+def test_a_float_model_that_nothing_describes_is_warned_about_with_what_was_assumed(capsys, tmp_path):
+    model = onnx_models.build(tmp_path / "bare.onnx")
+    status, _, err = run(capsys, "--model", model, "-n", 1, DATA / "coffee.png")
+    assert status == 0
+    assert err.count("has no preprocessing description") == 1
+    assert (
+        f"warning: model {str(model)!r} has no preprocessing description (no sidecar 'bare.json', no ONNX metadata) and no "
+        "attribute sets it: assuming resize 'stretch', mean [0.0] and std [1.0]. "
+    ) in err
+    assert "set the attributes 'resize', 'mean' and 'std', or write them into 'bare.json' beside it" in err
+    # preprocessing attributes, any description, or a uint8 input (raw pixels) leave nothing assumed
+    for attributes in ('{"mean": [0.5], "std": [0.5]}', '{"resize": "stretch"}'):
+        assert "preprocessing description" not in run(capsys, "--model", model, "--attributes", attributes, "-n", 1, DATA / "coffee.png")[2]
+    sidecar = onnx_models.build(tmp_path / "described.onnx", sidecar={"mean": [0.5]})
+    assert "preprocessing description" not in run(capsys, "--model", sidecar, "-n", 1, DATA / "coffee.png")[2]
+    uint8 = onnx_models.build(tmp_path / "raw.onnx", layout="NHWC", input_type=TensorProto.UINT8)
+    assert "preprocessing description" not in run(capsys, "--model", uint8, "-n", 1, DATA / "coffee.png")[2]
+
+
+def test_paths_in_a_config_file_are_relative_to_the_file(capsys, monkeypatch, tmp_path, small_model):
+    folder = tmp_path / "robot"
+    folder.mkdir()
+    shutil.copy(small_model, folder / "part.onnx")
+    (folder / "names.txt").write_text("\n".join(f"part {i}" for i in range(onnx_models.NUM_CLASSES)))
+    (folder / "attrs.json").write_text(json.dumps({"model_path": "part.onnx", "label_path": "names.txt", "mean": [0.5], "std": [0.5]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    status, out, err = run(capsys, "--config", folder / "attrs.json", "-n", 1, DATA / "coffee.png")
+    assert status == 0, err
+    assert out.startswith("part ")

@@ -240,8 +240,8 @@ def test_unknown_sidecar_keys_are_warnings_as_unknown_attributes_are(tmp_path):
     config, warnings = validate_service_config({"model_path": str(path)})
     assert resolve_model(config.classifier).preprocessing.mean == (0.5,)  # the keys it knows still apply
     assert warnings == (
-        f"model sidecar {str(sidecar)!r} key 'labelz' is not recognized; did you mean 'labels'?",
-        f"model sidecar {str(sidecar)!r} key 'zzz' is not recognized; known keys are: {', '.join(DESCRIPTION_KEYS)}",
+        f"model sidecar {str(sidecar)!r} key 'labelz' is not recognized; did you mean 'labels'? (ignored)",
+        f"model sidecar {str(sidecar)!r} key 'zzz' is not recognized; known keys are: {', '.join(DESCRIPTION_KEYS)} (ignored)",
     )
     assert config.warnings == ()
 
@@ -448,10 +448,10 @@ def test_camera_settings_and_their_defaults():
 
 def test_an_unknown_sidecar_key_with_no_close_name_lists_the_known_ones(tmp_path):
     path = onnx_models.build(tmp_path / "m.onnx")
-    path.with_suffix(".json").write_text('{"zzz": 1}')
+    path.with_suffix(".json").write_text('{"zzz": 1, "mean": [0.5]}')
     assert validate_service_config({"model_path": str(path)})[1] == (
         f"model sidecar {str(path.with_suffix('.json'))!r} key 'zzz' is not recognized; known keys are: labels_path, labels, "
-        "head, input_size, resize, crop_fraction, crop_rounding, mean, std, channel_order, interpolation",
+        "head, input_size, resize, crop_fraction, crop_rounding, mean, std, channel_order, interpolation (ignored)",
     )
 
 
@@ -678,3 +678,12 @@ def test_an_input_size_that_does_not_fit_the_graph_names_who_set_it(tmp_path):
     )
     path.with_suffix(".json").write_text('{"input_size": [8, 12]}')
     assert rejects({"model_path": str(path)}) == "model description 'input_size' [8, 12] does not match the model's fixed input size [16, 16]"
+
+
+def test_validation_says_what_is_assumed_for_a_float_model_that_nothing_describes(tmp_path):
+    path = onnx_models.build(tmp_path / "bare.onnx")
+    (notice,) = validate_service_config({"model_path": str(path)})[1]
+    assert notice.startswith(f"model {str(path)!r} has no preprocessing description (no sidecar 'bare.json', no ONNX metadata)")
+    assert "assuming resize 'stretch', mean [0.0] and std [1.0]" in notice and "set the attributes 'resize', 'mean' and 'std'" in notice
+    assert validate_service_config({"model_path": str(path), "mean": [0.5]})[1] == ()
+    assert validate_service_config({})[1] == ()  # the bundled model has its sidecar

@@ -394,10 +394,16 @@ async def test_faults_of_the_service_are_clear_and_the_module_keeps_serving(tmp_
 
         await module.add({"mlmodel_name": "small", "mlmodel_timeout_s": 1}, [mlmodel_dependency("small")], name="small")
         assert await module.vision("small").get_classifications(png("coffee.png"), 1)
+        await module.add({"mlmodel_name": "small"}, [mlmodel_dependency("small")], name="patient")  # 'mlmodel_timeout_s' 30 s
+        assert await module.vision("patient").get_classifications(png("coffee.png"), 1)
         small.hang.clear()
         await expect_error(module.vision("small").get_classifications(png("coffee.png"), 1, timeout=30), Status.DEADLINE_EXCEEDED,
                            "ML model service 'small' did not answer within 1 s", "'mlmodel_timeout_s' = 1 s")
         assert (await vision.get_classifications(png("coffee.png"), 1))[0].class_name == "espresso"  # others go on
+        # A caller's deadline shorter than the service's limit: the answer that names the service
+        # comes a margin before the caller's own deadline would end the call with no reason.
+        await expect_error(module.vision("patient").get_classifications(png("coffee.png"), 1, timeout=3), Status.DEADLINE_EXCEEDED,
+                           "ML model service 'small' did not answer within 2.7", "the call's deadline")
         small.hang.set()
         assert await module.vision("small").get_classifications(png("coffee.png"), 1)
 
@@ -411,6 +417,7 @@ async def test_faults_of_the_service_are_clear_and_the_module_keeps_serving(tmp_
         stats = await vision.do_command({"command": "stats"})
         assert stats["errors"] == {"UNAVAILABLE": 2, "INTERNAL": 2}
         assert (await module.vision("small").do_command({"command": "stats"}))["errors"] == {"DEADLINE_EXCEEDED": 1}
+        assert (await module.vision("patient").do_command({"command": "stats"}))["errors"] == {"DEADLINE_EXCEEDED": 1}
 
 
 async def test_warnings_logged_during_calls_reach_the_parent_once_and_never_drop_its_connection():
@@ -488,3 +495,46 @@ async def test_calls_wait_for_the_description_that_new_started():
         service.hang.set()
         assert (await waiting)[0].class_name == "espresso"
         assert service.metadata_calls == 1 and len(service.received) == 2  # one load: its blank frame, then the call's
+
+
+async def test_an_input_without_a_data_type_is_sent_as_the_type_the_service_accepts(tmp_path):
+    # A TF-Lite-like model that takes uint8, behind a service whose metadata leaves data_type empty:
+    # the start-up blank frame in float32 is refused, uint8 is accepted and kept.
+    uint8_model = OnnxModelService(
+        "uint8", onnx_models.build(tmp_path / "u8.onnx", layout="NHWC", input_type=TensorProto.UINT8, final="Softmax"),
+        [tensor_info("image", "", [1, 16, 16, 3])], [tensor_info("probability", "float32", [1, 5])],
+    )
+    float_model = OnnxModelService(
+        "float", onnx_models.build(tmp_path / "f.onnx"), [tensor_info("image", "", [1, 3, 16, 16])], [tensor_info("probability", "float32", [1, 5])],
+    )
+    neither = OnnxModelService(  # takes float16, which no ML model service input type carries
+        "float16", onnx_models.build(tmp_path / "f16.onnx", input_type=TensorProto.FLOAT16),
+        [tensor_info("image", "", [1, 3, 16, 16])], [tensor_info("probability", "float32", [1, 5])],
+    )
+    dark = (3, 1, 2)
+    image = ViamImage(solid(dark), CameraMimeType.PNG)
+    async with running_module([uint8_model, float_model, neither]) as module:
+        for name in ("uint8", "float", "float16"):
+            await module.add({"mlmodel_name": name}, [mlmodel_dependency(name)], name=name)
+
+        got = as_pairs(await module.vision("uint8").get_classifications(image, 5))
+        expected = softmax(onnx_models.scores_for(dark))
+        assert got == [(str(i), pytest.approx(expected[i], abs=1e-6)) for i in np.argsort(-expected)]
+        assert uint8_model.received[-1]["image"].dtype == np.uint8
+        info = await module.vision("uint8").do_command({"command": "info"})
+        assert info["input"]["type"] == "uint8"
+        assert info["input"]["type_source"].startswith("the metadata gives no data_type; float32 was refused (")
+        assert info["input"]["type_source"].endswith("and uint8 was accepted")
+
+        await module.vision("float").get_classifications(image, 1)
+        assert [received["image"].dtype for received in float_model.received] == [np.float32, np.float32]
+        info = await module.vision("float").do_command({"command": "info"})
+        assert info["input"]["type_source"] == "the metadata gives no data_type, and float32 was accepted"
+
+        await expect_error(
+            module.vision("float16").get_classifications(image, 1), Status.FAILED_PRECONDITION,
+            "ML model service 'float16' gives no data_type for input 'image' and refused both input types",
+            "float32 was refused (", "uint8 was refused (",
+        )
+        # each load tries both (the one that new() started, and the call's retry)
+        assert [received["image"].dtype for received in neither.received] == [np.float32, np.uint8] * 2

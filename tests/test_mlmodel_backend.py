@@ -23,7 +23,7 @@ from viam.services.mlmodel.client import MLModelClient
 
 from onnx_classifier import Classifier, ConfigError, parse_service_config
 from onnx_classifier.config import Region
-from onnx_classifier.classifier import InferenceTimeout, InferenceUnavailable, UnexpectedOutput, blank_input
+from onnx_classifier.classifier import InferenceRefused, InferenceTimeout, InferenceUnavailable, UnexpectedOutput, blank_input
 from onnx_classifier.head import softmax
 from onnx_classifier.mlmodel_backend import load_classifier
 from onnx_classifier.paths import BUNDLED_MODEL
@@ -95,7 +95,7 @@ async def test_a_classifier_over_a_service_answers_as_the_local_backend_and_says
             "inputs": [{"name": "input", "data_type": "float32", "shape": [1, 3, 224, 224]}],
             "outputs": [{"name": "logits", "data_type": "float32", "shape": [1, 1000]}],
         },
-        "input": {"name": "input", "shape": [1, 3, 224, 224], "type": "float32", "layout": "NCHW"},
+        "input": {"name": "input", "shape": [1, 3, 224, 224], "type": "float32", "type_source": "the metadata's data_type 'float32'", "layout": "NCHW"},
         "output": {"name": "logits", "shape": [1, 1000], "type": "float32"},
     }
 
@@ -131,7 +131,11 @@ async def test_metadata_that_does_not_come_within_mlmodel_timeout_s_is_a_timeout
         (GRPCError(Status.RESOURCE_EXHAUSTED, "queue full"), InferenceUnavailable, "ML model service 'm' failed: RESOURCE_EXHAUSTED: queue full"),
         (ConnectionResetError("reset by peer"), InferenceUnavailable, "ML model service 'm' cannot be reached: reset by peer"),
         (OSError("network is unreachable"), InferenceUnavailable, "ML model service 'm' cannot be reached: network is unreachable"),
-        (RuntimeError("CUDA out of memory"), InferenceUnavailable, "ML model service 'm' failed: RuntimeError: CUDA out of memory"),
+        # the service's own answer to this input (a later input may succeed; a start-up blank frame
+        # without a metadata data_type tries the other input type)
+        (RuntimeError("CUDA out of memory"), InferenceRefused, "ML model service 'm' failed: RuntimeError: CUDA out of memory"),
+        (GRPCError(Status.INVALID_ARGUMENT, "input dtype float32, model takes uint8"), InferenceRefused,
+         "ML model service 'm' failed: INVALID_ARGUMENT: input dtype float32, model takes uint8"),
         (UnexpectedOutput("an output tensor holds no data"), UnexpectedOutput, "an output tensor holds no data"),
     ],
 )
@@ -280,8 +284,9 @@ async def test_faults_over_grpc_are_unavailable_or_a_timeout_naming_the_service(
         classifier = await load_classifier(config(mlmodel_timeout_s=1), parent.client())
         service.infer_error = RuntimeError("CUDA out of memory")
         got = await forward_error(classifier)
-        # The SDK's server turns the service's exception into UNKNOWN with its type and text.
-        assert type(got) is InferenceUnavailable
+        # The SDK's server turns the service's exception into UNKNOWN with its type and text: the
+        # service's answer, as opposed to a service that cannot be reached (below).
+        assert type(got) is InferenceRefused
         assert str(got).startswith("ML model service 'm' failed: UNKNOWN: RuntimeError - CUDA out of memory")
         service.infer_error = None
         service.hang.clear()

@@ -12,6 +12,7 @@ from onnx import TensorProto
 from onnx_classifier import Classifier, ConfigError, parse_service_config
 from onnx_classifier.config import Head
 from onnx_classifier.cores import available_cores
+from onnx_classifier.cpu import describe_cpu
 from onnx_classifier.head import sigmoid, softmax
 
 from . import onnx_models
@@ -251,6 +252,7 @@ def test_info_describes_what_is_loaded_and_how_it_runs(model_dir):
         "providers": {"requested": ["CPUExecutionProvider"], "in_use": ["CPUExecutionProvider"]},
         "threads": {"intra_op": 1, "inter_op": 1, "spinning": False},
         "onnxruntime_version": ort.__version__,
+        "cpu": describe_cpu(),
     }
     classifier.close()
     with pytest.raises(RuntimeError, match="^the classifier is closed$"):

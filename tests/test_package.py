@@ -99,6 +99,20 @@ OFFLINE = {
 }
 
 
+def hostile_pip_settings(folder: Path) -> dict[str, str]:
+    """pip settings a robot may have that an offline install must not follow: an extra index (as
+    Raspberry Pi OS's /etc/pip.conf adds) and find-links folders that do not exist, in a config file
+    and in variables, and indexes that cannot be reached."""
+    config = folder / "pip.conf"
+    config.write_text("[global]\nextra-index-url = http://127.0.0.1:9/simple\nfind-links = /nonexistent/config-find-links\n")
+    return {
+        "PIP_CONFIG_FILE": str(config),
+        "PIP_FIND_LINKS": "/nonexistent/env-find-links",
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_RETRIES": "0",
+    }
+
+
 def this_target() -> tuple[str, str]:
     """This machine's platform as Viam names it and its Python version, as build.sh's default target."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
@@ -128,18 +142,22 @@ def test_an_offline_bundle_installs_and_serves_with_no_index(tmp_path):
     manifest = (unpacked / "wheels" / "manifest.txt").read_text().splitlines()
     assert manifest[:2] == [f"platform={target_platform}", f"python={target_python}"]
 
-    # The first start installs from the wheelhouse while viam-server waits for the socket.
+    # The first start installs from the wheelhouse while viam-server waits for the socket, and
+    # follows none of the pip settings it finds.
+    hostile = hostile_pip_settings(tmp_path)
+
     async def serve():
         command = [str(unpacked / "run.sh")]
-        async with running_module([StillCamera("cam", photo("rocket.jpg"))], command, OFFLINE, 600) as module:
+        async with running_module([StillCamera("cam", photo("rocket.jpg"))], command, hostile, 600) as module:
             await module.add({"camera_name": "cam"}, [camera_dependency("cam")])
             assert (await module.vision().get_classifications_from_camera("cam", 1))[0].class_name == "missile"
             assert "installing from the bundled wheels" in module.log()
+            assert "WARNING" not in module.log() and "find-links" not in module.log(), module.log()
 
     asyncio.run(serve())
     again = subprocess.run(
         [str(unpacked / "run.sh"), "classify", "-n", "1", str(DATA / "coffee.png")],
-        env={**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **hostile}, capture_output=True, text=True, timeout=120,
     )
     assert again.returncode == 0 and again.stdout.startswith("espresso: "), again.stderr
     assert "setting up" not in again.stderr

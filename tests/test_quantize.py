@@ -16,7 +16,9 @@ from PIL import Image
 
 from onnx_classifier.onnx_structure import load_structure
 from onnx_classifier.paths import BUNDLED_MODEL
-from onnx_classifier.quantize import float_ends, load_classifier, main
+from onnx_classifier.cpu import describe_cpu, int8_kernels
+from onnx_classifier.pair_safe import PAIR_LIMIT, largest_pair, same_sign_pair_sums
+from onnx_classifier.quantize import Recipe, float_ends, load_classifier, main, quantize_model
 
 from . import onnx_models
 
@@ -249,3 +251,78 @@ def test_float_ends_keep_the_first_layer_and_the_classifier_with_its_pooling(tmp
     graph = onnx.load(str(conv_model(tmp_path / "conv.onnx"))).graph
     assert float_ends(graph) == ("conv0", "classifier", "flatten", "pool")
     assert set(float_ends(load_structure(BUNDLED_MODEL).graph)) == {"stem/Conv", "classifier/Gemm", "head/Flatten", "head/Pool"}
+
+
+# The recipe's parts: ranges that no CPU saturates, and bias correction
+
+
+def test_pair_sums_count_same_sign_neighbours_only():
+    rows = np.array([[100, 90, -5, 3], [100, -90, 50, 60], [7, 0, 0, -7], [1, 2, 3, 0]], np.float64)
+    # odd lengths pair the last value with nothing
+    assert same_sign_pair_sums(rows).tolist() == [190, 110, 7, 3]
+    assert same_sign_pair_sums(np.array([[5, 5, 9]], np.float64)).tolist() == [10]
+
+
+def quantize_conv(tmp_path: Path, name: str, photos: Path, **recipe) -> Path:
+    model = conv_model(tmp_path / f"{name}.onnx")
+    classifier = load_classifier({"model_path": str(model)})
+    images = sorted(photos.iterdir())
+    out = tmp_path / f"{name}_int8.onnx"
+    quantize_model(classifier, images, lambda p: classifier.preprocess(p.read_bytes()), out, Recipe(**recipe))
+    return out
+
+
+def test_pair_safe_ranges_leave_no_pair_that_x86_without_vnni_would_saturate(tmp_path, photos):
+    unsafe = quantize_conv(tmp_path, "unsafe", photos, pair_safe_weights=False)
+    safe = quantize_conv(tmp_path, "safe", photos)
+    assert largest_pair(onnx.load(str(unsafe))) > PAIR_LIMIT >= largest_pair(onnx.load(str(safe)))
+    # per channel: a channel whose largest weight has small neighbours keeps its full range
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(safe)).graph.initializer}
+    assert np.abs(weights["w1_quantized"]).max() == 127
+    per_tensor = quantize_conv(tmp_path, "per_tensor", photos, per_channel=False)
+    assert largest_pair(onnx.load(str(per_tensor))) <= PAIR_LIMIT
+
+
+def test_bias_correction_takes_back_the_mean_error_of_int8_weights(tmp_path, photos):
+    images = sorted(photos.iterdir())
+    reference = load_classifier({"model_path": str(conv_model(tmp_path / "float.onnx"))})
+    expected = np.stack([reference.scores(reference.preprocess(p.read_bytes())) for p in images])
+
+    def mean_error(**recipe) -> float:
+        model = load_classifier({"model_path": str(quantize_conv(tmp_path, "_".join(map(str, recipe.values())) or "default", photos, **recipe))})
+        scores = np.stack([model.scores(model.preprocess(p.read_bytes())) for p in images])
+        return float(np.abs((scores - expected).mean(axis=0)).max())
+
+    corrected, uncorrected = mean_error(), mean_error(bias_correction=False)
+    assert corrected < 0.5 * uncorrected, (corrected, uncorrected)
+
+
+def test_the_report_names_the_cpu_it_measured_on(capsys, tmp_path, photos):
+    model = conv_model(tmp_path / "conv.onnx")
+    status, stdout, err = run(capsys, model, "--calibration", photos, "--format", "json")
+    assert status == 0, err
+    report = json.loads(stdout)
+    assert report["cpu"] == describe_cpu() and "emulated" not in report
+    assert report["recipe"]["bias_correction"] is True and "adjacent same-sign pairs" in report["recipe"]["weights"]
+    status, stdout, _ = run(capsys, conv_model(tmp_path / "again.onnx"), "--calibration", photos)
+    assert f"measured on {describe_cpu()['model']} ({describe_cpu()['architecture']}; int8 kernels: " in stdout
+
+
+def test_emulated_cpus_must_be_ones_it_knows(capsys, tmp_path, photos):
+    with pytest.raises(SystemExit) as exited:
+        main([str(conv_model(tmp_path / "conv.onnx")), "--calibration", str(photos), "--emulate", "Haswell,pentium"])
+    assert exited.value.code == 2
+    assert "argument --emulate: unknown CPU 'pentium'; choose from Haswell, cortex-a72, cortex-a76" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["x86", "arm64"])
+def test_int8_kernel_families_are_named_for_each_cpu(family):
+    # Each family explicitly, whatever this machine is.
+    if family == "x86":
+        assert int8_kernels("x86_64", {"avx2", "avx512_vnni", "amx_int8"}).startswith("x86-64 with AMX")
+        assert int8_kernels("x86_64", {"avx2", "avx_vnni"}).endswith("exact int32 sums")
+        assert "saturating int16" in int8_kernels("x86_64", {"avx2", "avx512bw"})
+    else:
+        assert int8_kernels("aarch64", set()).startswith("ARM64 without dot product")
+        assert int8_kernels("aarch64", {"asimddp"}).startswith("ARM64 with dot product")
+        assert int8_kernels("aarch64", {"asimddp", "i8mm"}).startswith("ARM64 with i8mm")

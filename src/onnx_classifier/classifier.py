@@ -32,7 +32,7 @@ from .config import (
 )
 from .cores import WORKERS
 from .head import Prediction, auto_head, confidences, dequantized, top_k
-from .model import Layout, ResolvedModel, description_files, file_stamps, read_labels, resolve_model
+from .model import Layout, ResolvedModel, assumed_preprocessing, description_files, file_stamps, read_labels, resolve_model
 from .onnx_runtime import OnnxRuntime, resolve_providers
 from .preprocess import Preprocessor
 
@@ -85,6 +85,10 @@ class InferenceUnavailable(Exception):
     """The backend cannot run the model now (an ML model service that is down or failing); a later call may succeed."""
 
 
+class InferenceRefused(InferenceUnavailable):
+    """The backend answered with an error of its own (it was reached, and refused this input)."""
+
+
 class InferenceTimeout(InferenceUnavailable):
     """The backend did not answer within the time the call had left."""
 
@@ -99,7 +103,8 @@ def validate_service_config(attributes: Any) -> tuple[ServiceConfig, tuple[str, 
     behind an ML model service is only known once the service answers; its labels file, if an
     attribute names one, is checked here.
 
-    Returns the config and what was ignored, and why: unrecognized attributes and model description keys."""
+    Returns the config and what the user should know: unrecognized attributes and model description
+    keys (ignored), and preprocessing assumed for a model that nothing describes."""
     config = parse_service_config(attributes)
     classifier = config.classifier
     labels: Optional[tuple[str, ...]] = None
@@ -108,6 +113,9 @@ def validate_service_config(attributes: Any) -> tuple[ServiceConfig, tuple[str, 
         model = resolve_model(classifier)
         resolve_providers(classifier.source)
         warnings += model.spec.description.warnings
+        assumed = assumed_preprocessing(classifier, model)
+        if assumed is not None:
+            warnings += (assumed,)
         labels = model.labels
         if labels is None and model.spec.num_classes is not None:
             labels = tuple(str(i) for i in range(model.spec.num_classes))

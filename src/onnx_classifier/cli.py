@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     attributes = parser.add_argument_group(
         "service attributes",
         "Later sources override earlier ones: --config, then --attributes, then the flags below. "
-        "Paths inside --config and --attributes are read as the service reads them (relative to the module's "
-        "folder); --model and --labels are relative to the current directory.",
+        "Paths inside --config are relative to that file's folder; paths inside --attributes are read as the "
+        "service reads them (relative to the module's folder); --model and --labels are relative to the current "
+        "directory.",
     )
     attributes.add_argument("--config", metavar="FILE", help="a JSON file holding the service's attributes object")
     attributes.add_argument(
@@ -119,6 +120,10 @@ def read_json_object(text: str, source: str) -> dict[str, Any]:
     return value
 
 
+# The attributes that name files (labels_path under the built-in service's name too).
+PATH_KEYS = ("model_path", "labels_path", "label_path")
+
+
 def gather_attributes(args: argparse.Namespace) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     if args.config is not None:
@@ -126,7 +131,14 @@ def gather_attributes(args: argparse.Namespace) -> dict[str, Any]:
             text = Path(args.config).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"--config {args.config}: {getattr(e, 'strerror', None) or e}") from e
-        attributes.update(read_json_object(text, f"--config {args.config}"))
+        from_file = read_json_object(text, f"--config {args.config}")
+        # A config file is written beside what it names, wherever the command runs.
+        folder = Path(args.config).resolve().parent
+        for key in PATH_KEYS:
+            value = from_file.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+                from_file[key] = str(folder / value)
+        attributes.update(from_file)
     if args.attributes is not None:
         attributes.update(read_json_object(args.attributes, "--attributes"))
     flags = {

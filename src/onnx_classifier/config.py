@@ -286,7 +286,9 @@ class _Reader:
         self.values = values
         self.source = source
         self.aliases = {name: alias for alias, name in (aliases or {}).items()}
-        self.unknown = [f"{source} {key!r} is not recognized{did_you_mean(key, known, 'keys')}" for key in values if key not in known]
+        self.unknown = [
+            f"{source} {key!r} is not recognized{did_you_mean(key, known, 'keys')} (ignored)" for key in values if key not in known
+        ]
 
     def key(self, name: str) -> str:
         """The key the values use for setting `name`: its own, or its alias (never both)."""

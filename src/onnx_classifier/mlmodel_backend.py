@@ -9,18 +9,19 @@ the SDK: without it the SDK would not hand this module its ML model service depe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-from grpclib import GRPCError
+from grpclib import GRPCError, Status
 from grpclib.client import UnaryUnaryMethod
 from viam.proto.service.mlmodel import FlatTensor, FlatTensors, InferRequest, InferResponse, Metadata
 from viam.services.mlmodel import MLModel
 from viam.services.mlmodel.client import MLModelClient
 from viam.utils import struct_to_dict
 
-from .classifier import Classifier, InferenceTimeout, InferenceUnavailable, UnexpectedOutput, blank_input
-from .config import ClassifierConfig, MLModelService
+from .classifier import Classifier, InferenceRefused, InferenceTimeout, InferenceUnavailable, UnexpectedOutput, blank_input
+from .config import ClassifierConfig, ConfigError, MLModelService
 from .deadlines import within
 from .model import MLMODEL_PREPROCESSING, ModelSpec, TensorInfo, describe_service_model, resolve
 
@@ -28,6 +29,8 @@ INFER_METHOD = "/viam.service.mlmodel.v1.MLModelService/Infer"
 # Which FlatTensor field carries each input type, and the wire tags of the messages built by hand.
 _DATA_FIELD = {np.dtype(np.uint8): "uint8_tensor", np.dtype(np.float32): "float_tensor"}
 _LENGTH_DELIMITED = 2
+# Statuses of a service that could not take the call at all; any other error is its answer to this input.
+_NOT_REACHED = {Status.UNAVAILABLE, Status.CANCELLED, Status.RESOURCE_EXHAUSTED, Status.ABORTED}
 # The FlatTensor fields whose values protobuf gives as a list of Python ints.
 _REPEATED_INTEGER_TYPES = {
     "int16_tensor": np.int16,
@@ -120,11 +123,12 @@ class MLModelBackend:
     """Runs the model on an ML model service: one Infer call per frame, bounded by the call's deadline
     and `mlmodel_timeout_s`."""
 
-    def __init__(self, service: MLModelService, client: MLModel, metadata: Metadata, spec: ModelSpec):
+    def __init__(self, service: MLModelService, client: MLModel, metadata: Metadata, spec: ModelSpec, input_type_source: str):
         self.service = service
         self.client = client
         self.metadata = metadata
         self.spec = spec
+        self.input_type_source = input_type_source  # why the input is sent as spec.input_dtype, for `info`
         # The SDK's client converts tensors element by element; its channel takes prepared bytes.
         self._infer_bytes = (
             UnaryUnaryMethod(client.channel, INFER_METHOD, EncodedInferRequest, InferResponse)
@@ -145,13 +149,14 @@ class MLModelBackend:
                 f"'mlmodel_timeout_s' = {self.service.timeout_s:g} s)"
             ) from e
         except GRPCError as e:
-            raise InferenceUnavailable(f"{self.describe()} failed: {e.status.name}: {e.message}") from e
+            kind = InferenceUnavailable if e.status in _NOT_REACHED else InferenceRefused
+            raise kind(f"{self.describe()} failed: {e.status.name}: {e.message}") from e
         except (OSError, ConnectionError) as e:
             raise InferenceUnavailable(f"{self.describe()} cannot be reached: {e}") from e
         except UnexpectedOutput:
             raise
         except Exception as e:  # an in-process service's own errors
-            raise InferenceUnavailable(f"{self.describe()} failed: {type(e).__name__}: {e}") from e
+            raise InferenceRefused(f"{self.describe()} failed: {type(e).__name__}: {e}") from e
         scores = outputs.get(self.spec.output_name)
         if scores is None:
             names = ", ".join(repr(n) for n in outputs) or "none"
@@ -188,6 +193,7 @@ class MLModelBackend:
                 "name": image.name,
                 "shape": list(image.shape),
                 "type": str(spec.input_dtype),
+                "type_source": self.input_type_source,
                 "layout": spec.layout.value,
             },
             "output": {"name": scores.name, "shape": list(scores.shape), "type": scores.data_type},
@@ -198,6 +204,9 @@ async def load_classifier(config: ClassifierConfig, client: MLModel) -> Classifi
     """A classifier over the ML model service: its metadata read, the model resolved as an ONNX
     file's would be (with the built-in vision service's defaults), and one blank frame run through
     it to learn the output's shape and check the labels.
+
+    Metadata that gives the image input no data_type leaves the blank frame to tell: float32 (what
+    most such services take), then uint8 if the service refuses float32.
 
     Raises InferenceUnavailable / InferenceTimeout when the service cannot answer, ConfigError or
     UnexpectedOutput when its model cannot work as a classifier."""
@@ -215,6 +224,31 @@ async def load_classifier(config: ClassifierConfig, client: MLModel) -> Classifi
     spec = describe_service_model(
         service, tensor_infos(metadata.input_info), tensor_infos(metadata.output_info), config.input_name, config.output_name
     )
+    image = next(i for i in metadata.input_info if i.name == spec.input_name)
+    if image.data_type:
+        return await _started(config, client, metadata, spec, f"the metadata's data_type {image.data_type!r}")
+    refusals = []
+    for dtype in (np.dtype(np.float32), np.dtype(np.uint8)):
+        candidate = dataclasses.replace(spec, input_dtype=dtype)
+        if refusals:
+            reason = f"the metadata gives no data_type; {refusals[0]}, and {dtype} was accepted"
+        else:
+            reason = f"the metadata gives no data_type, and {dtype} was accepted"
+        try:
+            return await _started(config, client, metadata, candidate, reason)
+        except InferenceTimeout:
+            raise
+        except InferenceRefused as e:
+            refusals.append(f"{dtype} was refused ({e})")
+    raise ConfigError(
+        f"{where} gives no data_type for input {spec.input_name!r} and refused both input types: {'; '.join(refusals)}"
+    )
+
+
+async def _started(config: ClassifierConfig, client: MLModel, metadata: Metadata, spec: ModelSpec, input_type_source: str) -> Classifier:
+    """The classifier, once a blank frame in `spec`'s input type has run on the service."""
+    service = config.source
+    assert isinstance(service, MLModelService)
     model = resolve(config, spec, MLMODEL_PREPROCESSING)
-    backend = MLModelBackend(service, client, metadata, spec)
+    backend = MLModelBackend(service, client, metadata, spec, input_type_source)
     return Classifier(config, model, backend, await backend.forward(blank_input(model), service.timeout_s))

@@ -285,6 +285,25 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
 
+def assumed_preprocessing(config: ClassifierConfig, model: ResolvedModel) -> Optional[str]:
+    """A notice for a float ONNX model that nothing describes (no sidecar, ONNX metadata or Hugging
+    Face files, no preprocessing attributes): it runs on the built-in defaults, which are right only
+    by chance (an ImageNet model wants its mean and std), and nothing else would say so."""
+    spec, given = model.spec, config.preprocessing
+    if not isinstance(config.source, OnnxFile) or spec.input_dtype == np.uint8:
+        return None
+    if spec.description.preprocessing != Preprocessing() or any(v is not None for v in (given.resize, given.mean, given.std)):
+        return None
+    pre, sidecar = model.preprocessing, sidecar_path(config.source.path)
+    return (
+        f"model {str(config.source.path)!r} has no preprocessing description (no sidecar {sidecar.name!r}, no ONNX metadata) "
+        f"and no attribute sets it: assuming resize {pre.resize.value!r}, mean {list(pre.mean)} and std {list(pre.std)}. "
+        "If it was trained otherwise (an ImageNet model: resize 'center_crop', mean [0.485, 0.456, 0.406], std "
+        f"[0.229, 0.224, 0.225]), set the attributes 'resize', 'mean' and 'std', or write them into {sidecar.name!r} "
+        "beside it (models/efficientnet_lite0.json is an example)"
+    )
+
+
 def description_files(model_path: Path) -> tuple[Path, ...]:
     """Every file beside the model that may describe it, present or not: what the caches watch."""
     folder = model_path.parent

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from .config import ConfigError, OnnxFile, did_you_mean
 from .cores import available_cores
+from .cpu import describe_cpu
 from .model import ModelSpec
 
 LOGGER = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class OnnxRuntime:
                 "spinning": False,
             },
             "onnxruntime_version": ort.__version__,
+            "cpu": describe_cpu(),
         }
 
     def close(self) -> None:

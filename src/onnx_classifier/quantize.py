@@ -34,12 +34,16 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from .bias_correction import correct_biases, input_means
 from .classifier import Classifier
+from .cpu import describe_cpu
+from .emulation import FAMILIES, EmulationError, Family, emulated_outputs
 from .cli import IMAGE_SUFFIXES, Progress, UsageError, read_json_object, search_folder
-from .config import DESCRIPTION_KEYS, ConfigError, Head, parse_service_config
+from .config import DESCRIPTION_KEYS, ConfigError, Head, OnnxFile, parse_service_config
 from .decode import DecodeError
 from .model import sidecar_path
 from .onnx_structure import load_structure
+from .pair_safe import pair_safe_overrides
 
 PROG = "run.sh quantize"
 # Every HELD_OUT_EVERY-th image (in sorted order) is kept out of calibration for the report.
@@ -51,6 +55,8 @@ MIN_IMAGES = MIN_CALIBRATION_IMAGES + MIN_HELD_OUT_IMAGES
 # not grow with the number of calibration images.
 CALIBRATION_WINDOW = 16
 SPEED_ROUNDS = 40
+# onnxruntime's default for Percentile calibration, set explicitly so that the report can name it.
+PERCENTILE = 99.999
 # Layers whose weights feed a matrix product: the ones quantization makes faster, and the ones
 # that bound "the first layer" and "the classifier".
 _WEIGHTED_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
@@ -74,18 +80,36 @@ class QuantizeError(Exception):
 @dataclass(frozen=True)
 class Recipe:
     """How a model is quantized. `keep_float` names the nodes left in float32; None leaves the first
-    weighted layer and the classifier in float (see float_ends), where int8 costs most fidelity."""
+    weighted layer and the classifier in float (see float_ends), where int8 costs most fidelity.
+
+    The defaults hold on every CPU family onnxruntime has int8 kernels for: `pair_safe_weights`
+    gives each channel the range that keeps x86 without VNNI from saturating (pair_safe.py), so that
+    all of them compute the same sums, and `bias_correction` takes back the mean error the int8
+    weights make (bias_correction.py). `reduce_range` (7-bit weights) and uint8 weights
+    (`weight_type`, "U8U8") are onnxruntime's own answers to saturation, kept for the study that
+    compares them (models/int8_study.py): both cost more fidelity or speed."""
 
     method: CalibrationMethod = CalibrationMethod.MinMax
     per_channel: bool = True
     keep_float: Optional[tuple[str, ...]] = None
+    pair_safe_weights: bool = True
+    bias_correction: bool = True
+    reduce_range: bool = False
+    weight_type: QuantType = QuantType.QInt8
 
     def describe(self) -> dict[str, Any]:
+        signed = self.weight_type is QuantType.QInt8
+        weights = ("int8" if signed else "uint8") + (", per channel" if self.per_channel else ", per tensor")
+        if self.reduce_range:
+            weights += ", 7-bit range"
+        if signed and self.pair_safe_weights and not self.reduce_range:
+            weights += ", ranges cover adjacent same-sign pairs (no int16 saturation on x86 without VNNI)"
         return {
             "format": "QDQ",
-            "weights": "int8, per channel" if self.per_channel else "int8, per tensor",
+            "weights": weights,
             "activations": "uint8, per tensor",
-            "calibration": self.method.name,
+            "calibration": self.method.name + (f" ({PERCENTILE}%)" if self.method is CalibrationMethod.Percentile else ""),
+            "bias_correction": self.bias_correction,
         }
 
 
@@ -177,6 +201,10 @@ def quantize_model(
             )
         reader = _Reader(classifier.model.spec.input_name, inputs, to_tensor, progress)
         written = Path(folder) / "int8.onnx"
+        extra_options: dict[str, Any] = {"CalibStridedMinMax": _window(len(inputs)), "CalibPercentile": PERCENTILE}
+        if recipe.pair_safe_weights and recipe.weight_type is QuantType.QInt8 and not recipe.reduce_range:
+            quantized_nodes = [n.name for n in model.graph.node if n.name not in keep_float]
+            extra_options["TensorQuantOverrides"] = pair_safe_overrides(model, quantized_nodes, recipe.per_channel)
         try:
             # The histogram calibrators print their progress; stdout is for the report.
             with contextlib.redirect_stdout(sys.stderr):
@@ -187,15 +215,20 @@ def quantize_model(
                     quant_format=QuantFormat.QDQ,
                     per_channel=recipe.per_channel,
                     activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
+                    weight_type=recipe.weight_type,
                     calibrate_method=recipe.method,
                     nodes_to_exclude=list(keep_float),
-                    extra_options={"CalibStridedMinMax": _window(len(inputs))},
+                    reduce_range=recipe.reduce_range,
+                    extra_options=extra_options,
                 )
         except QuantizeError:
             raise
         except Exception as e:
             raise QuantizeError(f"onnxruntime cannot quantize {str(classifier.config.source.path)!r}: {e}") from e
+        if recipe.bias_correction:
+            quantized = onnx.load(str(written))
+            correct_biases(quantized, model, input_means(model, quantized, inputs, to_tensor, classifier.model.spec.input_name))
+            onnx.save(quantized, str(written))
         shutil.copyfile(written, out)
     return keep_float
 
@@ -269,14 +302,23 @@ def runtime_attributes(attributes: dict[str, Any], model_path: Path) -> dict[str
     return {**kept, "model_path": str(model_path)}
 
 
+def fidelity(expected: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement and confidence differences (the largest per image: max and 95th percentile)
+    of `scores` against `expected`, one row per image."""
+    differences = np.abs(scores - expected).max(axis=1)
+    agreeing = int((scores.argmax(axis=1) == expected.argmax(axis=1)).sum())
+    return {
+        "top1_agreeing": agreeing,
+        "top1_agreement": agreeing / len(expected),
+        "confidence_difference": {"max": float(differences.max()), "p95": float(np.percentile(differences, 95))},
+    }
+
+
 def compare(reference: Classifier, int8: Classifier, tensors: Sequence[np.ndarray]) -> dict[str, Any]:
-    """Top-1 agreement, confidence differences (the largest per image: max and 95th percentile) and
-    the median time of each model alone on one input, measured interleaved."""
-    differences, agreeing = [], 0
-    for tensor in tensors:
-        expected, scores = reference.scores(tensor), int8.scores(tensor)
-        differences.append(float(np.abs(scores - expected).max()))
-        agreeing += int(scores.argmax() == expected.argmax())
+    """The int8 model's fidelity to the float model on this machine, and the median time of each
+    model alone on one input, measured interleaved."""
+    expected = np.stack([reference.scores(tensor) for tensor in tensors])
+    scores = np.stack([int8.scores(tensor) for tensor in tensors])
     times: dict[str, list[float]] = {"float": [], "int8": []}
     for _ in range(2):  # warm-up
         reference.scores(tensors[0]), int8.scores(tensors[0])
@@ -288,12 +330,26 @@ def compare(reference: Classifier, int8: Classifier, tensors: Sequence[np.ndarra
     float_ms, int8_ms = (1e3 * float(np.median(times[name])) for name in ("float", "int8"))
     return {
         "held_out_images": len(tensors),
-        "top1_agreeing": agreeing,
-        "top1_agreement": agreeing / len(tensors),
-        "confidence_difference": {"max": max(differences), "p95": float(np.percentile(differences, 95))},
+        **fidelity(expected, scores),
         "model_ms": {"float": float_ms, "int8": int8_ms},
         "speedup": float_ms / int8_ms,
+        "cpu": describe_cpu(),
     }
+
+
+def compare_emulated(
+    reference: Classifier, int8: Classifier, tensors: Sequence[np.ndarray], families: Sequence[Family], arm64_root: Optional[Path]
+) -> dict[str, Any]:
+    """The int8 model's fidelity to the float model under each emulated CPU (emulation.py)."""
+    expected = np.stack([reference.scores(tensor) for tensor in tensors])
+    spec, path = int8.model.spec, int8.config.source.path
+    assert isinstance(int8.config.source, OnnxFile)
+    report = {}
+    for family in families:
+        raw = emulated_outputs(family, path, spec.input_name, spec.output_name, np.stack(tensors), arm64_root)
+        scores = np.stack([int8.postprocess(r) for r in raw])
+        report[family.name] = {"int8_kernels": family.int8_kernels, **fidelity(expected, scores)}
+    return report
 
 
 # ---- the command line ----
@@ -321,7 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--attributes", metavar="JSON",
         help="service attributes that describe the model, as JSON (labels_path, input_size, mean, std, ...)",
     )
+    parser.add_argument(
+        "--emulate", metavar="CPU,...", type=emulated_families, default=(),
+        help=f"also check the int8 model's fidelity on these CPUs, emulated by QEMU ({', '.join(FAMILIES)}); slow, "
+        "answers only",
+    )
+    parser.add_argument(
+        "--arm64-root", metavar="DIR", type=Path,
+        help="for ARM CPUs on an x86 machine: an arm64 root with this module installed at /opt/onnx-classifier",
+    )
     return parser
+
+
+def emulated_families(text: str) -> tuple[Family, ...]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown CPU {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    return tuple(FAMILIES[name] for name in names)
 
 
 def output_paths(model_path: Path, out: Optional[Path]) -> Path:
@@ -388,6 +461,15 @@ def format_table(report: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]}".rstrip() for row in rows]
+    cpu = report["cpu"]
+    lines += ["", f"measured on {cpu['model']} ({cpu['architecture']}; int8 kernels: {cpu['int8_kernels']})"]
+    for name, emulated in report.get("emulated", {}).items():
+        difference = emulated["confidence_difference"]
+        lines.append(
+            f"emulated {name} ({emulated['int8_kernels']}): top-1 agreement {emulated['top1_agreeing']}/"
+            f"{report['held_out_images']} ({100 * emulated['top1_agreement']:.1f}%), confidence difference max "
+            f"{difference['max']:.3f}, 95th percentile {difference['p95']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -429,7 +511,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 written.append(sidecar_path(model_out))
                 file.write(sidecar_text(description))
         int8 = load_classifier(runtime_attributes(attributes, model_out))
-        report = compare(reference, int8, [read_tensor(reference, path) for path in held_out])
+        tensors = [read_tensor(reference, path) for path in held_out]
+        report = compare(reference, int8, tensors)
+        if args.emulate:
+            report["emulated"] = compare_emulated(reference, int8, tensors, args.emulate, args.arm64_root)
+    except EmulationError as e:
+        # The model is made and good here; only the check on other CPUs could not run.
+        print(f"{PROG}: error: the emulated check failed: {e}", file=err)
+        return 1
     except (QuantizeError, ConfigError, OSError) as e:
         bar.clear()
         for path in written:  # a half-made pair is not left behind

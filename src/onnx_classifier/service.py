@@ -36,7 +36,7 @@ from .classifier import (
     validate_service_config,
 )
 from .config import ConfigError, MLModelService, OnnxFile, Region, ServiceConfig, parse_region, parse_service_config
-from .deadlines import within
+from .deadlines import within, work_time
 from .decode import DecodeError
 from .head import LabelFilter
 from .mlmodel_backend import load_classifier
@@ -87,7 +87,7 @@ class OnnxClassifier(Vision, EasyResource):
         service are required dependencies."""
         parsed, warnings = validate_service_config(struct_to_dict(config.attributes))
         for warning in warnings:
-            LOGGER.warning("vision service %r: %s (ignored)", config.name, warning)
+            LOGGER.warning("vision service %r: %s", config.name, warning)
         return list(parsed.dependencies), []
 
     @classmethod
@@ -332,7 +332,7 @@ class OnnxClassifier(Vision, EasyResource):
         async def work(timings: dict[str, float]) -> List[Classification]:
             name, camera = self._camera(camera_name)
             region, smoothing = self._call_options(extra, name)  # a bad request fails before the camera is asked
-            frame = await self._frame(name, camera, timeout, timings)
+            frame = await self._frame(name, camera, _remaining(deadline), timings)
             return await self._classify(frame.data, count, region, name, smoothing, deadline, timings)
 
         return await self._observed("get_classifications_from_camera", work)
@@ -356,7 +356,7 @@ class OnnxClassifier(Vision, EasyResource):
             # Data capture asks for everything; what a classifier cannot give stays None.
             name, camera = self._camera(camera_name)
             region, smoothing = self._call_options(extra, name)
-            frame = await self._frame(name, camera, timeout, timings)
+            frame = await self._frame(name, camera, _remaining(deadline), timings)
             result = CaptureAllResult()
             if return_image:
                 result.image = frame
@@ -421,8 +421,9 @@ def _reason(error: Exception) -> str:
 
 
 def _deadline(timeout: Optional[float]) -> Optional[float]:
-    """When a call with `timeout` seconds left must be answered, on the event loop's clock."""
-    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+    """When the work of a call with `timeout` seconds left must end, on the event loop's clock: a
+    margin before the caller's deadline (deadlines.work_time)."""
+    return None if timeout is None else asyncio.get_running_loop().time() + work_time(timeout)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
